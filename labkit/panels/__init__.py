@@ -1,0 +1,1 @@
+"""Widget panels: thin ipywidgets + plotly views over labkit's plain-Python models."""

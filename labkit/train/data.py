@@ -1,0 +1,63 @@
+"""Turning a task into a deterministic stream of tokenized training batches."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+
+from labkit.train.config import TrainConfig
+
+
+def task_names(task: str) -> list[str]:
+    """``"text2sql+json_extract"`` mixes several tasks' training sets (multi-task fine-tuning)."""
+    return [name for name in task.split("+") if name]
+
+
+def training_features(tokenizer: Any, config: TrainConfig) -> list[dict[str, list[int]]]:
+    """Tokenized train examples (prompt masked out of the labels) for every task in ``config.task``."""
+    from labkit.tasks import load_task, tokenize_for_training
+
+    features: list[dict[str, list[int]]] = []
+    for name in task_names(config.task):
+        train = load_task(name, seed=config.seed)["train"]
+        if config.train_examples is not None:
+            train = train.select(range(min(config.train_examples, len(train))))
+        features += tokenize_for_training(tokenizer, list(train), config.seq_len)
+    return features
+
+
+def eval_examples(config: TrainConfig) -> dict[str, list[dict[str, Any]]]:
+    """The first ``config.eval_examples`` eval records of each task."""
+    from labkit.tasks import load_task
+
+    out = {}
+    for name in task_names(config.task):
+        split = load_task(name, seed=config.seed)["eval"]
+        out[name] = list(split.select(range(min(config.eval_examples, len(split)))))
+    return out
+
+
+def batches(
+    features: list[dict[str, list[int]]],
+    batch_size: int,
+    pad_id: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless shuffled micro-batches: a fresh permutation per epoch, fixed by ``seed``.
+
+    With several processes (DDP) each takes every ``world_size``-th batch of the same order,
+    so together they see exactly what one process with a bigger batch would.
+    """
+    from labkit.tasks import collate
+
+    generator = torch.Generator().manual_seed(seed)
+    index = 0
+    while True:
+        order = torch.randperm(len(features), generator=generator).tolist()
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            if index % world_size == rank:
+                yield collate([features[i] for i in order[start : start + batch_size]], pad_id)
+            index += 1

@@ -1,0 +1,70 @@
+"""The run store: one folder per run, written atomically, so sweeps resume.
+
+Layout: ``<root>/<key>/record.json`` (+ ``weights/`` with the adapter or the full model).
+A run whose config key is already stored with a final status is reused, not retrained.
+A killed process leaves at worst a stray temporary file, never a half-written record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+from labkit.home import atomic_write_json, cache_dir
+from labkit.train.config import TrainConfig
+
+# Statuses that are a property of the config (rerunning gives the same answer) and so are reused.
+FINAL_STATUSES = ("ok", "nan")
+
+
+def json_safe(value: Any) -> Any:
+    """Replace NaN/inf (not valid JSON) with None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+class RunStore:
+    """Finished runs on disk, keyed by :meth:`TrainConfig.key`."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else cache_dir("runs")
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def run_dir(self, config: TrainConfig) -> Path:
+        return self.root / config.key()
+
+    def weights_dir(self, config: TrainConfig) -> Path:
+        return self.run_dir(config) / "weights"
+
+    def get(self, config: TrainConfig) -> dict[str, Any] | None:
+        """The stored record for this config if it finished (ok or nan), else None."""
+        path = self.run_dir(config) / "record.json"
+        if not path.exists():
+            return None
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+        return record if record.get("status") in FINAL_STATUSES else None
+
+    def put(self, record: dict[str, Any]) -> Path:
+        """Save a record atomically (any status: failed runs are kept for the record)."""
+        config = TrainConfig.from_dict(record["config"])
+        path = self.run_dir(config) / "record.json"
+        atomic_write_json(path, json_safe(record))
+        return path
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Every stored record (any status)."""
+        for path in sorted(self.root.glob("*/record.json")):
+            try:
+                yield json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue

@@ -1,0 +1,148 @@
+"""The training engine on the offline `tiny` model: learning, determinism, failures, the run store."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from labkit.train import RunStore, TrainConfig, train
+from labkit.train.engine import causal_lm_loss
+
+FAST = dict(model="tiny", task="text2sql", eval_examples=0, seq_len=128, batch_size=8)
+
+
+def fell(losses: list[float], factor: float) -> bool:
+    """The mean of the last five losses is below ``factor`` × the mean of the first five."""
+    return sum(losses[-5:]) / 5 < factor * sum(losses[:5]) / 5
+
+
+def test_causal_lm_loss_matches_transformers(tiny):
+    model, tokenizer = tiny
+    ids = tokenizer(["SELECT Name FROM Artist", "SELECT COUNT(*) FROM Track"], return_tensors="pt", padding=True)
+    labels = ids["input_ids"].masked_fill(ids["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        out = model(**ids, labels=labels)
+        ours = causal_lm_loss(out.logits, labels, int((labels[:, 1:] != -100).sum()))
+    assert torch.allclose(ours, out.loss, atol=1e-5)
+
+
+def test_full_finetune_learns_and_beats_the_base_on_execution_accuracy(tiny):
+    from labkit.tasks import evaluate_model, load_task
+
+    config = TrainConfig(method="full", steps=150, **{**FAST, "eval_examples": 40})
+    record, model = train(config, base=tiny, return_model=True, progress=False)
+    assert record["status"] == "ok"
+    assert fell(record["losses"], 0.35), record["losses"][:5] + record["losses"][-5:]
+    examples = list(load_task("text2sql", seed=0)["eval"].select(range(40)))
+    base_metrics = evaluate_model(tiny[0], tiny[1], "text2sql", examples)
+    assert record["eval"]["execution_accuracy"] > base_metrics["execution_accuracy"] + 0.2
+    assert record["eval"]["loss"] < base_metrics["loss"]
+    assert record["params"]["trainable"] == record["params"]["total"]
+
+
+def test_lora_learns_and_trains_only_the_adapter(tiny):
+    record = train(TrainConfig(method="lora", rank=8, steps=40, **FAST), base=tiny, progress=False)
+    assert record["status"] == "ok"
+    assert fell(record["losses"], 0.6)
+    assert 0 < record["params"]["trainable"] < 0.2 * record["params"]["total"]
+
+
+def test_qlora_learns_on_cpu():
+    record = train(TrainConfig(method="qlora", rank=8, steps=30, **FAST), progress=False)
+    assert record["status"] == "ok", record.get("error")
+    assert fell(record["losses"], 0.7)
+
+
+def test_same_seed_same_losses_and_a_different_seed_differs(tiny):
+    config = TrainConfig(method="lora", steps=4, dropout=0.1, **FAST)
+    a = train(config, base=tiny, progress=False)["losses"]
+    b = train(config, base=tiny, progress=False)["losses"]
+    c = train(config.replace(seed=1), base=tiny, progress=False)["losses"]
+    assert a == b
+    assert a != c
+
+
+def test_the_base_is_never_changed(tiny):
+    before = {k: v.clone() for k, v in tiny[0].state_dict().items()}
+    train(TrainConfig(method="full", steps=2, **FAST), base=tiny, progress=False)
+    after = tiny[0].state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_gradient_accumulation_equals_the_big_batch(tiny):
+    big = TrainConfig(method="full", steps=3, schedule="constant", warmup_steps=0, max_grad_norm=None, **FAST)
+    small = big.replace(batch_size=4, grad_accum=2)
+    a = train(big, base=tiny, progress=False)["losses"]
+    b = train(small, base=tiny, progress=False)["losses"]
+    assert a == pytest.approx(b, rel=1e-4)
+
+
+def test_nan_loss_stops_cleanly_with_status_nan(tiny):
+    record = train(TrainConfig(method="full", steps=30, lr=9.0, warmup_steps=0, **FAST), base=tiny, progress=False)
+    assert record["status"] == "nan"
+    assert record["failed_step"] == len(record["steps"]) <= 30
+    assert not math.isfinite(record["steps"][-1]["loss"])
+
+
+def test_interrupt_returns_what_was_measured(tiny):
+    def stop_at_three(step: dict) -> None:
+        if step["step"] == 3:
+            raise KeyboardInterrupt
+
+    record = train(TrainConfig(method="lora", steps=10, **FAST), base=tiny, callbacks=[stop_at_three], progress=False)
+    assert record["status"] == "interrupted"
+    assert [s["step"] for s in record["steps"]] == [1, 2, 3]
+
+
+def test_every_step_records_the_metrics(tiny):
+    seen = []
+    record = train(TrainConfig(method="lora", steps=3, **FAST), base=tiny, callbacks=[seen.append], progress=False)
+    assert [s["step"] for s in seen] == [1, 2, 3]
+    for step in record["steps"]:
+        assert {"loss", "grad_norm", "lr", "loss_scale", "tokens_per_s", "memory_bytes"} <= set(step)
+        assert step["tokens_per_s"] > 0 and step["memory_bytes"] > 0
+    assert record["peak_memory_bytes"] >= max(s["memory_bytes"] for s in record["steps"])
+
+
+def test_grad_scaler_records_the_loss_scale(tiny):
+    record = train(TrainConfig(method="lora", steps=2, precision="amp-fp16-scaled", **FAST), base=tiny, progress=False)
+    assert record["status"] == "ok"
+    assert record["steps"][0]["loss_scale"] == 2.0**16
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw8bit"])
+def test_other_optimizers_run(tiny, optimizer):
+    record = train(TrainConfig(method="lora", steps=3, optimizer=optimizer, **FAST), base=tiny, progress=False)
+    assert record["status"] == "ok", record.get("error")
+
+
+def test_run_store_reuses_a_finished_run_and_keeps_failed_ones(tiny, tmp_path):
+    store = RunStore(tmp_path)
+    config = TrainConfig(method="lora", steps=3, **FAST)
+    first = train(config, base=tiny, store=store, progress=False)
+    assert not first["reused"]
+    assert (tmp_path / config.key() / "weights" / "adapter_model.safetensors").exists()
+    again, model = train(config, base=tiny, store=store, progress=False, return_model=True)
+    assert again["reused"] and again["losses"] == first["losses"]
+    assert model is not None
+    failed = config.replace(lr=9.0, method="full", steps=30, warmup_steps=0)
+    assert train(failed, base=tiny, store=store, progress=False)["status"] == "nan"
+    assert store.get(failed)["status"] == "nan"  # a NaN is a property of the config: reused too
+    statuses = sorted(r["status"] for r in store.records())
+    assert statuses == ["nan", "ok"]
+
+
+def test_a_torn_record_is_ignored_not_trusted(tmp_path):
+    store = RunStore(tmp_path)
+    config = TrainConfig(**FAST)
+    (tmp_path / config.key()).mkdir()
+    (tmp_path / config.key() / "record.json").write_text('{"status": "ok", "loss')
+    assert store.get(config) is None
+
+
+def test_multitask_evaluates_each_task(tiny):
+    config = TrainConfig(method="lora", steps=2, task="text2sql+json_extract", eval_examples=2, model="tiny")
+    record = train(config, base=tiny, progress=False)
+    assert set(record["eval"]) == {"text2sql", "json_extract"}
