@@ -58,10 +58,13 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch-size", "--batch", type=int, default=8)
     parser.add_argument("--grad-accum", type=int, default=1)
-    parser.add_argument("--seq-len", "--seq", type=int, default=160)
+    parser.add_argument("--seq-len", "--seq", type=int, default=256)
     parser.add_argument("--checkpointing", dest="grad_checkpointing", action="store_true")
     parser.add_argument("--loss-multiplier", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-seed", type=int, default=0, help="fixes the train/eval split")
+    parser.add_argument("--split", choices=("entity", "template"), default="entity",
+                        help="entity: unseen values in eval; template: unseen question templates")
     parser.add_argument("--train-examples", type=int, default=None)
     parser.add_argument("--eval-examples", type=int, default=40)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -101,6 +104,8 @@ def config_from_args(args: argparse.Namespace, **overrides: Any):
         grad_checkpointing=args.grad_checkpointing,
         loss_multiplier=args.loss_multiplier,
         seed=args.seed,
+        data_seed=args.data_seed,
+        split=args.split,
         train_examples=args.train_examples,
         eval_examples=args.eval_examples,
         max_new_tokens=args.max_new_tokens,

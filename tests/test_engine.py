@@ -10,7 +10,7 @@ import torch
 from labkit.train import RunStore, TrainConfig, train
 from labkit.train.engine import causal_lm_loss
 
-FAST = dict(model="tiny", task="text2sql", eval_examples=0, seq_len=128, batch_size=8)
+FAST = dict(model="tiny", task="text2sql", eval_examples=0, batch_size=8)
 
 
 def fell(losses: list[float], factor: float) -> bool:
@@ -146,3 +146,15 @@ def test_multitask_evaluates_each_task(tiny):
     config = TrainConfig(method="lora", steps=2, task="text2sql+json_extract", eval_examples=2, model="tiny")
     record = train(config, base=tiny, progress=False)
     assert set(record["eval"]) == {"text2sql", "json_extract"}
+
+
+def test_smollm2_lora_trains_offline():
+    """The real SmolLM2-135M (fetched from PyPI, converted once) LoRA-trains a few steps."""
+    config = TrainConfig(
+        model="smollm2-135m", task="text2sql", method="lora", rank=4, steps=3, batch_size=2, seq_len=192,
+        eval_examples=0,
+    )
+    record = train(config, progress=False)
+    assert record["status"] == "ok", record.get("error")
+    assert all(math.isfinite(x) for x in record["losses"])
+    assert record["params"]["total"] > 130_000_000

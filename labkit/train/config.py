@@ -19,6 +19,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 ALPHA_POLICIES = ("fixed", "2r", "rslora")
 QUANT_TYPES = ("nf4", "fp4")
 COMPUTE_DTYPES = ("fp32", "bf16", "fp16")
+SPLITS = ("entity", "template")
 
 PRECISION_HELP = {
     "fp32": "fp32 weights and compute",
@@ -66,12 +67,14 @@ class TrainConfig:
     steps: int = 200
     batch_size: int = 8
     grad_accum: int = 1
-    seq_len: int = 160
+    seq_len: int = 256
     grad_checkpointing: bool = False
     max_grad_norm: float | None = 1.0
     loss_multiplier: float = 1.0  # <1 pushes gradients towards fp16 underflow (the loss-scaling lesson)
     seed: int = 0
     # data / evaluation
+    data_seed: int = 0  # fixes the train/eval split, so runs with different seeds share one eval set
+    split: str = "entity"  # entity: eval entity values unseen; template: whole question templates unseen
     train_examples: int | None = None  # None: the whole train split
     eval_examples: int = 40
     max_new_tokens: int = 64
@@ -91,6 +94,7 @@ class TrainConfig:
         _choice("alpha_policy", self.alpha_policy, ALPHA_POLICIES)
         _choice("quant_type", self.quant_type, QUANT_TYPES)
         _choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
+        _choice("split", self.split, SPLITS)
         _int_range("rank", self.rank, 1, 4096)
         _int_range("steps", self.steps, 1, 10_000_000)
         _int_range("batch_size", self.batch_size, 1, 65_536)

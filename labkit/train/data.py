@@ -14,13 +14,29 @@ def task_names(task: str) -> list[str]:
     return [name for name in task.split("+") if name]
 
 
+_FEATURE_CACHE: dict[tuple, list[dict[str, list[int]]]] = {}
+
+
 def training_features(tokenizer: Any, config: TrainConfig) -> list[dict[str, list[int]]]:
-    """Tokenized train examples (prompt masked out of the labels) for every task in ``config.task``."""
+    """Tokenized train examples (prompt masked out of the labels) for every task in ``config.task``.
+
+    Cached per tokenizer and data settings, so the points of a sweep tokenize once.
+    """
+    key = (
+        getattr(tokenizer, "name_or_path", ""), len(tokenizer), config.task, config.data_seed, config.split,
+        config.train_examples, config.seq_len,
+    )
+    if key not in _FEATURE_CACHE:
+        _FEATURE_CACHE[key] = _tokenize_tasks(tokenizer, config)
+    return _FEATURE_CACHE[key]
+
+
+def _tokenize_tasks(tokenizer: Any, config: TrainConfig) -> list[dict[str, list[int]]]:
     from labkit.tasks import load_task, tokenize_for_training
 
     features: list[dict[str, list[int]]] = []
     for name in task_names(config.task):
-        train = load_task(name, seed=config.seed)["train"]
+        train = load_task(name, seed=config.data_seed, split=config.split)["train"]
         if config.train_examples is not None:
             train = train.select(range(min(config.train_examples, len(train))))
         features += tokenize_for_training(tokenizer, list(train), config.seq_len)
@@ -33,7 +49,7 @@ def eval_examples(config: TrainConfig) -> dict[str, list[dict[str, Any]]]:
 
     out = {}
     for name in task_names(config.task):
-        split = load_task(name, seed=config.seed)["eval"]
+        split = load_task(name, seed=config.data_seed, split=config.split)["eval"]
         out[name] = list(split.select(range(min(config.eval_examples, len(split)))))
     return out
 
