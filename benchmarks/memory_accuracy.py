@@ -1,0 +1,90 @@
+"""Estimated vs measured memory, per component, over the CPU ground-truth grid (and CUDA if present).
+
+    python benchmarks/memory_accuracy.py            # CPU: tensor accounting + saved-tensor hooks
+    python benchmarks/memory_accuracy.py --device cuda   # also compares the peak with max_memory_allocated
+
+Prints one row per setup and the median / max absolute error per component.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+COMPONENTS = ("weights", "gradients", "optimizer", "activations", "logits")
+
+
+def _err(est: int, meas: int) -> float:
+    return 0.0 if est == meas else (abs(est - meas) / meas * 100 if meas else 100.0)
+
+
+def run(device: str, families: tuple[str, ...], steps: int, trace: bool) -> int:
+    warnings.filterwarnings("ignore")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    from labkit.memory.arch import arch_info
+    from labkit.memory.estimate import estimate
+    from labkit.memory.measure import measure
+    from labkit.memory.setup import MemorySetup
+    from labkit.memory.toy import accuracy_grid, toy_config
+    from labkit.memory.trace import trace_activations
+
+    errors: dict[str, list[float]] = {c: [] for c in COMPONENTS + ("saved", "trace", "peak")}
+    header = f"{'arch':7s} {'setup':60s} " + " ".join(f"{c[:5]:>15s}" for c in COMPONENTS + ("saved",))
+    if trace:
+        header += f" {'trace':>8s}"
+    if device == "cuda":
+        header += f" {'peak est/alloc':>22s}"
+    print(header)
+    for fam, kw in accuracy_grid(families):
+        arch = arch_info(toy_config(fam))
+        setup = MemorySetup(device=device, **kw)
+        t0 = time.time()
+        meas = measure(arch.config, setup, steps=steps, device=device, check_fits=False)
+        est = estimate(arch, setup)
+        cells = []
+        for c in COMPONENTS:
+            e = _err(est.bytes[c], meas.bytes[c])
+            errors[c].append(e)
+            cells.append(f"{est.bytes[c]:>8d} {e:5.1f}%")
+        e = _err(est.saved, meas.saved)
+        errors["saved"].append(e)
+        cells.append(f"{est.saved:>8d} {e:5.1f}%")
+        if trace:
+            tr = trace_activations(arch, setup)
+            e = _err(tr["activations"] + tr["logits"], meas.saved)
+            errors["trace"].append(e)
+            cells.append(f"{e:7.1f}%")
+        if device == "cuda":
+            alloc = meas.info["max_memory_allocated"]
+            e = _err(est.peak, alloc)
+            errors["peak"].append(e)
+            cells.append(f"{est.peak:>9d}/{alloc:>9d} {e:4.1f}%")
+        desc = ",".join(f"{k}={v}" for k, v in kw.items())
+        print(f"{fam:7s} {desc[:60]:60s} " + " ".join(cells) + f"  ({time.time() - t0:.1f}s)", flush=True)
+    print("\nabsolute error vs measured, %   (median / max over", len(errors["weights"]), "setups)")
+    for c, vals in errors.items():
+        if vals:
+            print(f"  {c:12s} median {statistics.median(vals):6.2f}   max {max(vals):6.2f}")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--families", default="llama,qwen2,gpt2,phi3,gemma2")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--no-trace", action="store_true", help="skip the fake-tensor trace column")
+    args = ap.parse_args()
+    return run(args.device, tuple(args.families.split(",")), args.steps, not args.no_trace)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""What would make it fit: the cheapest single changes (and a greedy combination) that fit a GPU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from labkit.memory.breakdown import fmt_bytes
+from labkit.memory.estimate import estimate
+from labkit.memory.setup import MemorySetup, SetupError
+
+# (name, cost rank, description). Lower cost = cheaper: free → slower → changes what is learned → hardware.
+_COST = {"adamw8bit": 1, "amp-bf16": 1, "bf16": 2, "checkpointing": 2, "half-batch": 2, "lora": 3,
+         "qlora": 3, "rank": 3, "half-seq": 4, "zero": 5}
+
+
+@dataclass
+class Fix:
+    """One change of setup, what it saves, and whether the result fits."""
+
+    key: str
+    label: str
+    setup: MemorySetup
+    total: int
+    saves: int
+    fits: bool
+    cost: int
+
+    def text(self) -> str:
+        return f"{self.label} saves {fmt_bytes(self.saves)}" + (" → fits" if self.fits else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "label": self.label, "total": self.total, "saves": self.saves,
+                "fits": self.fits, "cost": self.cost, "setup": self.setup.to_dict()}
+
+
+def candidate_changes(setup: MemorySetup) -> list[tuple[str, str, MemorySetup]]:
+    """Each single change that usually lowers memory, as ``(key, label, new setup)``."""
+    out: list[tuple[str, str, MemorySetup]] = []
+
+    def add(key: str, label: str, **changes: Any) -> None:
+        try:
+            out.append((key, label, setup.replace(**changes)))
+        except SetupError:
+            pass
+
+    if not setup.trains:
+        if setup.method != "qlora":
+            add("qlora", "4-bit weights (NF4)", method="qlora", precision="fp32", compute_dtype="bf16")
+        if setup.batch > 1:
+            add("half-batch", f"batch {setup.batch} → {setup.batch // 2}", batch=setup.batch // 2)
+        if setup.seq + setup.gen_len > 64:
+            add("half-seq", f"context {setup.seq} → {setup.seq // 2}", seq=max(1, setup.seq // 2))
+        return out
+    if setup.optimizer in ("adamw",):
+        add("adamw8bit", "8-bit AdamW", optimizer="adamw8bit")
+    if setup.precision == "fp32":
+        add("amp-bf16", "bf16 autocast (AMP)", precision="amp-bf16")
+        if setup.method == "full":
+            add("bf16", "pure bf16 weights", precision="bf16")
+    if not setup.checkpointing:
+        add("checkpointing", "gradient checkpointing", checkpointing=True)
+    if setup.batch > 1:
+        add("half-batch", f"batch {setup.batch} → {setup.batch // 2} with grad-accum ×2",
+            batch=setup.batch // 2, grad_accum=setup.grad_accum * 2)
+    if setup.method == "full":
+        add("lora", f"LoRA r={setup.rank} instead of full fine-tuning", method="lora")
+    if setup.method != "qlora":
+        prec = setup.precision if setup.precision not in ("fp16", "bf16") else "amp-" + setup.precision
+        add("qlora", "QLoRA (4-bit base)", method="qlora", precision=prec)
+    if setup.method != "full" and setup.rank > 8:
+        add("rank", f"rank {setup.rank} → 8", rank=8)
+    if setup.seq > 64:
+        add("half-seq", f"sequence {setup.seq} → {setup.seq // 2}", seq=setup.seq // 2)
+    if setup.gpus > 1 and setup.zero < 3:
+        add("zero", f"ZeRO stage {setup.zero} → 3", zero=3)
+    return out
+
+
+def fixes(model: Any, setup: MemorySetup, gpu_mem: int, *, base_total: int | None = None) -> list[Fix]:
+    """Single changes ranked: those that fit first (cheapest first), then by bytes saved."""
+    if base_total is None:
+        base_total = estimate(model, setup).total
+    found = []
+    for key, label, new in candidate_changes(setup):
+        try:
+            total = estimate(model, new).total
+        except (SetupError, ValueError):
+            continue
+        if total < base_total:
+            found.append(Fix(key, label, new, total, base_total - total, total <= gpu_mem, _COST.get(key, 9)))
+    found.sort(key=lambda f: (not f.fits, f.cost if f.fits else 0, -f.saves))
+    return found
+
+
+def greedy_plan(model: Any, setup: MemorySetup, gpu_mem: int, max_steps: int = 5) -> list[Fix]:
+    """Apply the cheapest biggest-saving change repeatedly until it fits (or nothing helps)."""
+    plan: list[Fix] = []
+    current = setup
+    total = estimate(model, current).total
+    for _ in range(max_steps):
+        if total <= gpu_mem:
+            break
+        options = fixes(model, current, gpu_mem, base_total=total)
+        if not options:
+            break
+        fitting = [f for f in options if f.fits]
+        best = fitting[0] if fitting else max(options, key=lambda f: f.saves / f.cost)
+        plan.append(best)
+        current, total = best.setup, best.total
+    return plan

@@ -1,0 +1,173 @@
+"""``labkit estimate`` and ``labkit measure``: the same options, the same JSON shape.
+
+The lead wires these into ``labkit/cli.py``::
+
+    add_estimate_parser(subparsers); add_measure_parser(subparsers)
+    # each sets ``func`` (run_estimate / run_measure) as the subparser default
+
+Bad values print one line naming the option and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from labkit.memory.breakdown import COMPONENTS, fmt_bytes, parse_size
+from labkit.memory.setup import MemorySetup, SetupError
+
+EXIT_BAD_INPUT = 2
+
+
+def _add_setup_options(p: argparse.ArgumentParser) -> None:
+    """Every option is parsed as text and validated by MemorySetup, so errors are one line."""
+    p.add_argument("--model", default="tiny", help="catalog name, built-in, HF id, local folder or config.json")
+    p.add_argument("--method", default="full", help="full|lora|qlora")
+    p.add_argument("--rank", default="8", help="LoRA rank")
+    p.add_argument("--targets", default=None, help="peft target modules, e.g. q_proj,v_proj or all-linear")
+    p.add_argument("--quant-type", default="nf4", help="QLoRA: nf4|fp4")
+    p.add_argument("--no-double-quant", action="store_true", help="QLoRA: no double quantization")
+    p.add_argument("--compute-dtype", default="fp32", help="QLoRA: fp32|bf16|fp16")
+    p.add_argument("--precision", default="fp32", help="fp32|fp16|bf16|amp-fp16|amp-bf16")
+    p.add_argument("--optimizer", default="adamw", help="adamw|sgd|adamw8bit|paged-adamw8bit")
+    p.add_argument("--batch", default="1", help="micro-batch size")
+    p.add_argument("--seq", default="512", help="sequence length (tokens)")
+    p.add_argument("--grad-accum", default="1", help="gradient accumulation steps")
+    p.add_argument("--checkpointing", action="store_true", help="gradient checkpointing")
+    p.add_argument("--attn", default="sdpa", help="eager|sdpa")
+    p.add_argument("--gpus", default="1", help="number of GPUs (data parallel)")
+    p.add_argument("--zero", default="0", help="ZeRO stage 0-3 (FSDP: 3 = FULL_SHARD, 2 = SHARD_GRAD_OP)")
+    p.add_argument("--mode", default="train", help="train|inference")
+    p.add_argument("--gen-len", default="0", help="inference: tokens generated after the prompt")
+    p.add_argument("--device", default=None, help="cuda|cpu (default: this machine)")
+    p.add_argument("--gpu-mem", default=None, help="e.g. 24GB: adds fits / does not fit and by how much")
+    p.add_argument("--json", action="store_true", help="print the breakdown as JSON")
+
+
+def add_estimate_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("estimate", help="estimate training/inference memory (no weights needed)")
+    _add_setup_options(p)
+    p.add_argument("--activations", default="formula", help="formula|trace (exact, fake-tensor forward)")
+    p.set_defaults(func=run_estimate)
+    return p
+
+
+def add_measure_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("measure", help="run the same setup for real and measure it")
+    _add_setup_options(p)
+    p.add_argument("--steps", default="3", help="optimizer steps to run (>= 3 recommended)")
+    p.add_argument("--largest-batch", action="store_true",
+                   help="CUDA: search the largest micro-batch that really runs (catches real OOMs)")
+    p.set_defaults(func=run_measure)
+    return p
+
+
+def _int(option: str, text: Any) -> int:
+    try:
+        return int(str(text))
+    except ValueError:
+        raise SetupError(option, "an integer", text) from None
+
+
+def setup_from_args(args: argparse.Namespace) -> MemorySetup:
+    """Build and validate the setup; raises SetupError naming the option."""
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    kw: dict[str, Any] = dict(
+        method=args.method, rank=_int("rank", args.rank), quant_type=args.quant_type,
+        double_quant=not args.no_double_quant, compute_dtype=args.compute_dtype, precision=args.precision,
+        optimizer=args.optimizer, batch=_int("batch", args.batch), seq=_int("seq", args.seq),
+        grad_accum=_int("grad_accum", args.grad_accum), checkpointing=bool(args.checkpointing),
+        attn=args.attn, gpus=_int("gpus", args.gpus), zero=_int("zero", args.zero), mode=args.mode,
+        gen_len=_int("gen_len", args.gen_len), device=device)
+    if args.targets:
+        kw["targets"] = args.targets
+    return MemorySetup(**kw)
+
+
+def _print(result: Any, args: argparse.Namespace, gpu_mem: int | None) -> None:
+    data = result.to_json(gpu_mem)
+    data.pop("inventory", None)
+    if args.json:
+        print(json.dumps(data, indent=1, default=str))
+        return
+    print(f"{data.get('source', '')} memory per device — model {args.model}")
+    for key in COMPONENTS:
+        print(f"  {key:12s} {fmt_bytes(data['bytes'][key]):>12s}")
+    print(f"  {'peak':12s} {fmt_bytes(data['peak']):>12s}  (at {data.get('peak_moment', 'max over the step')})")
+    print(f"  params: {data['params']['total']:,} total, {data['params']['trainable']:,} trainable")
+    if "max_memory_allocated" in data:
+        print(f"  torch.cuda.max_memory_allocated {fmt_bytes(data['max_memory_allocated'])}, "
+              f"reserved {fmt_bytes(data['max_memory_reserved'])}")
+    if gpu_mem is not None:
+        verdict = "fits" if data["fits"] else "does not fit"
+        print(f"  {verdict} in {fmt_bytes(gpu_mem)} (margin {fmt_bytes(data['margin'])})")
+
+
+def _fail(message: str) -> int:
+    print(f"labkit: {message}".splitlines()[0], file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def run_estimate(args: argparse.Namespace) -> int:
+    from labkit.memory.advice import fixes
+    from labkit.memory.arch import ArchError
+    from labkit.memory.estimate import estimate
+
+    try:
+        setup = setup_from_args(args)
+        gpu_mem = parse_size(args.gpu_mem) if args.gpu_mem else None
+        method = getattr(args, "activations", "formula")
+        if method not in ("formula", "trace"):
+            raise SetupError("activations", "formula|trace", method)
+        result = estimate(args.model, setup, activations=method)
+    except (SetupError, ArchError, ValueError) as exc:
+        return _fail(str(exc))
+    if gpu_mem is not None and result.total > gpu_mem:
+        result.info["fixes"] = [f.to_dict() | {"text": f.text()} for f in fixes(args.model, setup, gpu_mem)[:5]]
+    _print(result, args, gpu_mem)
+    return 0
+
+
+def run_measure(args: argparse.Namespace) -> int:
+    from labkit.memory.arch import ArchError
+    from labkit.memory.measure import MeasureRefused, measure
+
+    try:
+        setup = setup_from_args(args)
+        gpu_mem = parse_size(args.gpu_mem) if args.gpu_mem else None
+        steps = _int("steps", args.steps)
+        if steps < 1:
+            raise SetupError("steps", "an integer >= 1", steps)
+        if getattr(args, "largest_batch", False):
+            from labkit.memory.measure import largest_batch
+
+            found = largest_batch(args.model, setup, device=setup.device, steps=max(2, min(steps, 3)))
+            print(json.dumps(found) if args.json else f"largest micro-batch that runs: {found['batch']} "
+                  f"(estimate said {found['estimate']}; tried {[t['batch'] for t in found['tried']]})")
+            return 0
+        result = measure(args.model, setup, steps=steps, device=setup.device)
+    except (SetupError, ArchError, ValueError) as exc:
+        return _fail(str(exc))
+    except MeasureRefused as exc:
+        print(f"labkit: {exc}", file=sys.stderr)
+        return 1
+    _print(result, args, gpu_mem)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (``python -m labkit.memory.cli estimate ...``) until the lead wires it."""
+    parser = argparse.ArgumentParser(prog="labkit")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_estimate_parser(sub)
+    add_measure_parser(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,353 @@
+"""Will it fit? The memory panel: every setup option → stacked breakdown, verdict, cheapest fixes,
+memory vs sequence length and vs batch — and a Measure button that runs the same setup for real.
+
+Model/view split: :func:`labkit.memory.estimate.estimate` (pure formulas, fast enough to redraw on
+every slider move), :func:`labkit.memory.advice.fixes`, :func:`labkit.memory.measure.measure` and
+:func:`labkit.memory.trace.trace_activations` compute; this panel wires controls and draws one
+``go.FigureWidget`` with three subplots.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from labkit.i18n import register, t
+from labkit.memory.advice import fixes
+from labkit.memory.arch import ArchError, arch_info, catalog_names
+from labkit.memory.breakdown import COMPONENTS, GiB, Breakdown, fmt_bytes
+from labkit.memory.estimate import estimate
+from labkit.memory.setup import ATTN, METHODS, MODES, OPTIMIZERS, PRECISIONS, MemorySetup, SetupError
+from labkit.panels.base import Panel
+
+register({
+    "mem.model": ("Model", "모델"),
+    "mem.method": ("Method", "방법"),
+    "mem.rank": ("LoRA rank", "LoRA 랭크"),
+    "mem.targets": ("Targets", "대상 모듈"),
+    "mem.precision": ("Precision", "정밀도"),
+    "mem.optimizer": ("Optimizer", "옵티마이저"),
+    "mem.batch": ("Micro-batch", "마이크로 배치"),
+    "mem.seq": ("Sequence", "시퀀스 길이"),
+    "mem.accum": ("Grad accum", "그래디언트 누적"),
+    "mem.ckpt": ("Gradient checkpointing", "그래디언트 체크포인팅"),
+    "mem.attn": ("Attention", "어텐션"),
+    "mem.mode": ("Mode", "모드"),
+    "mem.gen": ("Generate", "생성 토큰"),
+    "mem.gpus": ("GPUs", "GPU 수"),
+    "mem.zero": ("ZeRO stage", "ZeRO 단계"),
+    "mem.gpu": ("GPU memory", "GPU 메모리"),
+    "mem.measure": ("Measure on this machine", "이 컴퓨터에서 측정"),
+    "mem.trace": ("Exact activation trace", "정확한 활성화 추적"),
+    "mem.t.bar": ("Bytes per component (GB)", "구성 요소별 메모리 (GB)"),
+    "mem.t.seq": ("Peak vs sequence length", "시퀀스 길이별 최대 메모리"),
+    "mem.t.batch": ("Peak vs micro-batch", "배치 크기별 최대 메모리"),
+    "mem.estimated": ("estimated", "추정"),
+    "mem.measured": ("measured", "측정"),
+    "mem.peak": ("peak", "최대"),
+    "mem.gpu_line": ("GPU memory", "GPU 메모리"),
+    "mem.fits": ("Fits: {total} of {gpu} ({margin} to spare). Peak at {moment}.",
+                 "들어갑니다: {gpu} 중 {total} (여유 {margin}). 최대 시점: {moment}."),
+    "mem.nofit": ("Does not fit: needs {total}, {over} more than {gpu}.",
+                  "들어가지 않습니다: {total} 필요, {gpu}보다 {over} 초과."),
+    "mem.fixes": ("Cheapest changes:", "가장 저렴한 변경:"),
+    "mem.nofix": ("No single change fits; combine them or use more GPUs.",
+                  "단일 변경으로는 부족합니다. 여러 변경을 조합하거나 GPU를 늘리세요."),
+    "mem.measuring": ("Measuring {steps} real steps…", "실제 {steps} 스텝 측정 중…"),
+    "mem.measured_note": ("Measured on {device}: peak {peak} ({how}).", "{device}에서 측정: 최대 {peak} ({how})."),
+    "mem.how_cuda": ("torch.cuda.max_memory_allocated", "torch.cuda.max_memory_allocated"),
+    "mem.how_cpu": ("tensor accounting + saved-tensor hooks; peak from the same moments",
+                    "텐서 집계 + saved-tensor 훅; 최대값은 같은 시점 모델로 계산"),
+    "mem.traced": ("Activations: formula {formula}, exact trace {trace} ({diff:+.1f}%).",
+                   "활성화: 공식 {formula}, 정확한 추적 {trace} ({diff:+.1f}%)."),
+    "mem.formula": ("How the bytes add up", "메모리 계산식"),
+})
+
+GPU_PRESETS = (8, 16, 24, 40, 48, 80)
+SEQ_CHOICES = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+BATCH_CURVE = (1, 2, 4, 8, 16, 32, 64)
+TARGET_CHOICES = (("attention (q,k,v,o)", ("q_proj", "k_proj", "v_proj", "o_proj")),
+                  ("q,v", ("q_proj", "v_proj")), ("all-linear", "all-linear"))
+COLORS = {"weights": "#1f77b4", "gradients": "#ff7f0e", "optimizer": "#2ca02c", "activations": "#d62728",
+          "logits": "#9467bd", "kv_cache": "#8c564b", "overhead": "#7f7f7f"}
+
+
+class MemoryPanel(Panel):
+    """Estimate memory live for any setup; measure it on this machine with one click."""
+
+    def __init__(self, model: Any = "llama-3.2-1b", *, setup: MemorySetup | None = None,
+                 gpu_gb: int = 24, device: str | None = None) -> None:
+        super().__init__()
+        import torch
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model
+        s = setup or MemorySetup(method="lora", precision="bf16", batch=4, seq=1024, device="cuda")
+        names = catalog_names()
+        model_options = [(n, n) for n in names]
+        if not (isinstance(model, str) and model in names):
+            model_options.insert(0, (_model_label(model), "__given__"))
+        self.model_dd = widgets.Dropdown(options=model_options, description=t("mem.model"),
+                                         value=model if isinstance(model, str) and model in names else "__given__")
+        self.method = widgets.Dropdown(options=list(METHODS), value=s.method, description=t("mem.method"))
+        self.rank = widgets.IntSlider(value=s.rank, min=1, max=512, description=t("mem.rank"), continuous_update=False)
+        self.targets = widgets.Dropdown(options=list(TARGET_CHOICES), value=_target_value(s.targets),
+                                        description=t("mem.targets"))
+        self.precision = widgets.Dropdown(options=list(PRECISIONS), value=s.precision, description=t("mem.precision"))
+        self.optimizer = widgets.Dropdown(options=list(OPTIMIZERS), value=s.optimizer, description=t("mem.optimizer"))
+        self.batch = widgets.IntSlider(value=s.batch, min=0, max=128, description=t("mem.batch"),
+                                       continuous_update=False)
+        self.seq = widgets.SelectionSlider(options=list(SEQ_CHOICES), value=_nearest(s.seq, SEQ_CHOICES),
+                                           description=t("mem.seq"), continuous_update=False)
+        self.grad_accum = widgets.IntSlider(value=s.grad_accum, min=1, max=64, description=t("mem.accum"),
+                                            continuous_update=False)
+        self.checkpointing = widgets.Checkbox(value=s.checkpointing, description=t("mem.ckpt"), indent=False)
+        self.attn = widgets.Dropdown(options=list(ATTN), value=s.attn, description=t("mem.attn"))
+        self.mode = widgets.Dropdown(options=list(MODES), value=s.mode, description=t("mem.mode"))
+        self.gen_len = widgets.IntSlider(value=s.gen_len, min=0, max=8192, step=64, description=t("mem.gen"),
+                                         continuous_update=False)
+        self.gpus = widgets.IntSlider(value=s.gpus, min=1, max=16, description=t("mem.gpus"), continuous_update=False)
+        self.zero = widgets.Dropdown(options=[0, 1, 2, 3], value=s.zero, description=t("mem.zero"))
+        self.gpu = widgets.Dropdown(options=[(f"{g} GB", g) for g in GPU_PRESETS], value=gpu_gb,
+                                    description=t("mem.gpu"))
+        self.measure_button = widgets.Button(description=t("mem.measure"), icon="play")
+        self.trace_button = widgets.Button(description=t("mem.trace"), icon="search")
+        self.verdict = widgets.HTML()
+        self.note = widgets.HTML()
+        self.formula = widgets.HTML()
+        self.result: Breakdown | None = None
+        self.measured: Breakdown | None = None
+        self.fixes: list = []
+        self.fig = go.FigureWidget(self._empty_figure())
+        self.controls = (self.model_dd, self.method, self.rank, self.targets, self.precision, self.optimizer,
+                         self.batch, self.seq, self.grad_accum, self.checkpointing, self.attn, self.mode,
+                         self.gen_len, self.gpus, self.zero, self.gpu)
+        for w in self.controls:
+            w.observe(lambda _c: self.update(), names="value")
+        self.measure_button.on_click(lambda _b: self.run_measure())
+        self.trace_button.on_click(lambda _b: self.run_trace())
+        self.update()
+        self.widget = widgets.VBox([
+            widgets.HBox([self.model_dd, self.method, self.rank, self.targets]),
+            widgets.HBox([self.precision, self.optimizer, self.attn, self.mode]),
+            widgets.HBox([self.batch, self.seq, self.grad_accum, self.checkpointing]),
+            widgets.HBox([self.gen_len, self.gpus, self.zero, self.gpu]),
+            widgets.HBox([self.measure_button, self.trace_button]),
+            self.message, self.verdict, self.fig, self.note, self.formula,
+        ])
+
+    # -- model -------------------------------------------------------------------------------
+    @property
+    def current_model(self) -> Any:
+        return self.model if self.model_dd.value == "__given__" else self.model_dd.value
+
+    def setup(self, **changes: Any) -> MemorySetup:
+        """The setup the controls describe (``changes`` override; raises SetupError if invalid)."""
+        values = dict(method=self.method.value, rank=self.rank.value, targets=self.targets.value,
+                      precision=self.precision.value, optimizer=self.optimizer.value, batch=self.batch.value,
+                      seq=self.seq.value, grad_accum=self.grad_accum.value, checkpointing=self.checkpointing.value,
+                      attn=self.attn.value, mode=self.mode.value, gen_len=self.gen_len.value,
+                      gpus=self.gpus.value, zero=self.zero.value, device="cuda")
+        values.update(changes)
+        if values["method"] == "qlora" and values["precision"] in ("fp16", "bf16"):
+            values["precision"] = "amp-" + values["precision"]  # QLoRA keeps fp32 master params
+            values["compute_dtype"] = values["precision"][4:]
+        return MemorySetup(**values)
+
+    @property
+    def gpu_bytes(self) -> int:
+        return int(self.gpu.value * GiB)
+
+    # -- drawing -----------------------------------------------------------------------------
+    def _empty_figure(self) -> go.Figure:
+        fig = make_subplots(rows=1, cols=3, subplot_titles=[t("mem.t.bar"), t("mem.t.seq"), t("mem.t.batch")],
+                            column_widths=[0.34, 0.33, 0.33])
+        cats = [t("mem.estimated"), t("mem.measured")]
+        for key in COMPONENTS:  # traces 0-6: stacked components
+            fig.add_trace(go.Bar(x=cats, y=[0, 0], name=key, marker_color=COLORS[key]), 1, 1)
+        fig.add_trace(go.Scatter(x=cats, y=[0, None], mode="markers", name=t("mem.peak"),  # 7
+                                 marker={"symbol": "diamond", "size": 12, "color": "black"}), 1, 1)
+        fig.add_trace(go.Scatter(x=cats, y=[0, 0], mode="lines", name=t("mem.gpu_line"),  # 8
+                                 line={"dash": "dash", "color": "#444"}), 1, 1)
+        fig.add_trace(go.Scatter(x=[], y=[], mode="lines+markers", name=t("mem.estimated"),  # 9
+                                 line={"color": "#d62728"}, showlegend=False), 1, 2)
+        fig.add_trace(go.Scatter(x=[], y=[], mode="lines", line={"dash": "dash", "color": "#444"},  # 10
+                                 showlegend=False), 1, 2)
+        fig.add_trace(go.Scatter(x=[], y=[], mode="markers", marker={"size": 11, "color": "black"},  # 11
+                                 name=t("mem.measured"), showlegend=False), 1, 2)
+        fig.add_trace(go.Scatter(x=[], y=[], mode="lines+markers", line={"color": "#1f77b4"},  # 12
+                                 showlegend=False), 1, 3)
+        fig.add_trace(go.Scatter(x=[], y=[], mode="lines", line={"dash": "dash", "color": "#444"},  # 13
+                                 showlegend=False), 1, 3)
+        fig.add_trace(go.Scatter(x=[], y=[], mode="markers", marker={"size": 11, "color": "black"},  # 14
+                                 showlegend=False), 1, 3)
+        fig.update_layout(barmode="stack", height=420, margin={"t": 40})
+        fig.update_xaxes(type="log", title_text="tokens", row=1, col=2)
+        fig.update_xaxes(type="log", title_text="batch", row=1, col=3)
+        fig.update_yaxes(title_text="GB", row=1, col=1)
+        return fig
+
+    def update(self) -> None:
+        """Recompute the estimate (pure formulas) and redraw; bad input → a message, no traceback."""
+        self.rank.disabled = self.method.value == "full"
+        self.targets.disabled = self.method.value == "full"
+        self.gen_len.disabled = self.mode.value == "train"
+        try:
+            setup = self.setup()
+            model = self.current_model
+            result = estimate(model, setup)
+            seq_curve = self._curve(model, setup, "seq", SEQ_CHOICES)
+            batch_curve = self._curve(model, setup, "batch", BATCH_CURVE)
+            self.fixes = fixes(model, setup, self.gpu_bytes, base_total=result.total) \
+                if result.total > self.gpu_bytes else []
+        except (SetupError, ArchError, ValueError, NotImplementedError) as error:
+            self.show_error(error)
+            return
+        self.clear_error()
+        self.result = result
+        self.measured = None
+        gb = [result.bytes[k] / GiB for k in COMPONENTS]
+        gpu = self.gpu.value
+        with self.fig.batch_update():
+            for i, value in enumerate(gb):
+                self.fig.data[i].y = [value, 0]
+            self.fig.data[7].y = [result.total / GiB, None]
+            self.fig.data[8].y = [gpu, gpu]
+            for idx, (xs, ys) in ((9, seq_curve), (12, batch_curve)):
+                self.fig.data[idx].x, self.fig.data[idx].y = xs, ys
+                self.fig.data[idx + 1].x, self.fig.data[idx + 1].y = [xs[0], xs[-1]] if xs else [], [gpu, gpu]
+                self.fig.data[idx + 2].x, self.fig.data[idx + 2].y = [], []
+        self.verdict.value = self._verdict_html(result)
+        self.formula.value = self._formula_html(setup)
+        self.note.value = ""
+
+    def _curve(self, model: Any, setup: MemorySetup, field: str, values: tuple[int, ...]) -> tuple[list, list]:
+        xs, ys = [], []
+        for v in values:
+            try:
+                xs.append(v)
+                ys.append(estimate(model, setup.replace(**{field: v})).total / GiB)
+            except (SetupError, ValueError):
+                xs.pop()
+        return xs, ys
+
+    def _verdict_html(self, r: Breakdown) -> str:
+        gpu = self.gpu_bytes
+        if r.total <= gpu:
+            text = t("mem.fits", total=fmt_bytes(r.total), gpu=fmt_bytes(gpu), margin=fmt_bytes(gpu - r.total),
+                     moment=r.info.get("peak_moment", ""))
+            return f'<div style="color:#1b5e20;font-weight:600">{html.escape(text)}</div>'
+        text = t("mem.nofit", total=fmt_bytes(r.total), over=fmt_bytes(r.total - gpu), gpu=fmt_bytes(gpu))
+        items = "".join(f"<li>{html.escape(f.text())}</li>" for f in self.fixes[:4])
+        tail = f"{html.escape(t('mem.fixes'))}<ul>{items}</ul>" if self.fixes else html.escape(t("mem.nofix"))
+        return f'<div style="color:#b00020;font-weight:600">{html.escape(text)}</div>{tail}'
+
+    def _formula_html(self, setup: MemorySetup) -> str:
+        rows = formula_lines(self.current_model, setup, self.result)
+        body = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td><code>{html.escape(f)}</code></td>"
+                       f"<td style='text-align:right'>{html.escape(v)}</td></tr>" for k, f, v in rows)
+        return f"<details><summary>{html.escape(t('mem.formula'))}</summary><table>{body}</table></details>"
+
+    # -- actions -----------------------------------------------------------------------------
+    def run_measure(self, steps: int = 3) -> Breakdown | None:
+        """Run ``steps`` real steps of this setup here and overlay the measured bars."""
+        from labkit.memory.measure import MeasureRefused, measure
+
+        try:
+            setup = self.setup(device=self.device)
+            self.note.value = html.escape(t("mem.measuring", steps=steps))
+            measured = measure(self.current_model, setup, steps=steps, device=self.device)
+        except (SetupError, ArchError, ValueError, MeasureRefused) as error:
+            self.show_error(error)
+            self.note.value = ""
+            return None
+        except RuntimeError as error:  # an out-of-memory is a result, not a crash
+            self.show_error(f"measurement failed: {str(error).splitlines()[0]}")
+            self.note.value = ""
+            return None
+        self.clear_error()
+        self.measured = measured
+        with self.fig.batch_update():
+            for i, key in enumerate(COMPONENTS):
+                est = self.fig.data[i].y[0]
+                self.fig.data[i].y = [est, measured.bytes[key] / GiB]
+            self.fig.data[7].y = [self.fig.data[7].y[0], measured.peak / GiB]
+            self.fig.data[11].x, self.fig.data[11].y = [setup.seq], [measured.peak / GiB]
+            self.fig.data[14].x, self.fig.data[14].y = [setup.batch], [measured.peak / GiB]
+        how = t("mem.how_cuda") if "max_memory_allocated" in measured.info else t("mem.how_cpu")
+        self.note.value = html.escape(t("mem.measured_note", device=measured.info.get("device", self.device),
+                                        peak=fmt_bytes(measured.peak), how=how))
+        return measured
+
+    def run_trace(self) -> dict[str, Any] | None:
+        """The exact activation inventory (fake-tensor forward) beside the formula's number."""
+        from labkit.memory.trace import trace_activations
+
+        try:
+            setup = self.setup(device="cpu")
+            traced = trace_activations(self.current_model, setup)
+            formula = estimate(self.current_model, setup)
+        except (SetupError, ArchError, ValueError) as error:
+            self.show_error(error)
+            return None
+        f_bytes, t_bytes = formula.saved, traced["activations"] + traced["logits"]
+        diff = (f_bytes - t_bytes) / t_bytes * 100 if t_bytes else 0.0
+        self.note.value = html.escape(t("mem.traced", formula=fmt_bytes(f_bytes), trace=fmt_bytes(t_bytes), diff=diff))
+        return traced
+
+    def figures(self) -> list[go.Figure]:
+        return [go.Figure(self.fig)]
+
+
+def formula_lines(model: Any, setup: MemorySetup, result: Breakdown | None) -> list[tuple[str, str, str]]:
+    """(component, readable formula, bytes) rows: the lesson beside the numbers."""
+    from labkit.memory import formulas as F
+
+    a = arch_info(model)
+    p = F.trainable_params(a, setup)
+    b = F.trainable_bytes_per_param(setup)
+    bytes_ = result.bytes if result else {}
+    opt = {"adamw": f"2 × {p:,} × {b} B (m, v) + 4 B/tensor", "sgd": f"{p:,} × {b} B (momentum)",
+           "adamw8bit": f"2 × {p:,} × 1 B + absmax/256", "paged-adamw8bit": f"2 × {p:,} × 1 B (paged)"}
+    w = (f"{a.params_total:,} × {F.BYTES[setup.param_dtype]} B" if setup.method != "qlora"
+         else "4-bit linears (≈4.13 bits/param with double quant) + fp32 embeddings/head/norms")
+    rows = [
+        ("weights", w, fmt_bytes(bytes_.get("weights", 0))),
+        ("gradients", f"{p:,} trainable × {b} B", fmt_bytes(bytes_.get("gradients", 0))),
+        ("optimizer", opt[setup.optimizer], fmt_bytes(bytes_.get("optimizer", 0))),
+        ("activations", f"Σ saved tensors per block × {a.layers} layers (b={setup.batch}, s={setup.seq}, "
+                        f"h={a.hidden}, i={a.intermediate})" + (" — checkpointing: b·s·h per layer"
+                                                                if setup.checkpointing else ""),
+         fmt_bytes(bytes_.get("activations", 0))),
+        ("logits", f"log_softmax fp32: b·s·V·4 = {setup.batch}·{setup.seq}·{a.vocab}·4",
+         fmt_bytes(bytes_.get("logits", 0))),
+        ("kv_cache", f"2·L·kv_heads·d·b·(s+gen)·bytes = 2·{a.layers}·{a.kv_heads}·{a.head_dim}·…",
+         fmt_bytes(bytes_.get("kv_cache", 0))),
+        ("overhead", "CUDA context ≈ 512 MB + 5% allocator slack", fmt_bytes(bytes_.get("overhead", 0))),
+    ]
+    return rows
+
+
+def _model_label(model: Any) -> str:
+    try:
+        return f"{arch_info(model).name} (given)"
+    except Exception:  # noqa: BLE001 - shown as an error by update()
+        return "given config"
+
+
+def _target_value(targets: Any) -> Any:
+    for _label, value in TARGET_CHOICES:
+        if value == targets:
+            return value
+    return TARGET_CHOICES[0][1]
+
+
+def _nearest(value: int, choices: tuple[int, ...]) -> int:
+    return min(choices, key=lambda c: abs(c - value))
+
+
+__all__ = ["MemoryPanel", "GPU_PRESETS", "formula_lines"]

@@ -1,0 +1,232 @@
+"""The estimator's pure parts: configs, parameter counts, formulas, peak-as-max, advice, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from labkit.memory.arch import ArchError, arch_info, catalog_names, load_config
+from labkit.memory.breakdown import GiB, parse_size
+from labkit.memory.estimate import estimate
+from labkit.memory.formulas import activation_inventory, nf4_weight_bytes
+from labkit.memory.setup import MemorySetup, SetupError
+from labkit.memory.toy import toy_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("llama-3.2-1b", 1_235_814_400), ("qwen2.5-0.5b", 494_032_768), ("gpt2", 124_439_808),
+    ("llama-3.1-8b", 8_030_261_248), ("mistral-7b", 7_248_023_552), ("phi-3-mini", 3_821_079_552),
+    ("gemma-2-2b", 2_614_341_888), ("smollm2-135m", 134_515_008),
+])
+def test_catalog_parameter_counts_match_published(name: str, expected: int) -> None:
+    assert arch_info(name).params_total == expected
+
+
+def test_catalog_covers_the_families() -> None:
+    names = set(catalog_names())
+    for required in ("llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b", "llama-3.1-70b", "mistral-7b", "qwen2.5-0.5b",
+                     "qwen2.5-72b", "gemma-2-2b", "phi-3-mini", "smollm2-135m", "gpt2", "tiny"):
+        assert required in names
+
+
+def test_tied_embeddings_counted_once_and_gqa() -> None:
+    a = arch_info("llama-3.2-1b")
+    assert a.tied and a.params_lm_head == 0
+    assert a.kv_heads == 8 and a.heads == 32
+    k = next(lin for lin in a.block_linears if lin.name.endswith("k_proj"))
+    assert k.fan_out == a.kv_heads * a.head_dim == 512
+    untied = arch_info("llama-3.1-8b")
+    assert not untied.tied and untied.params_lm_head == untied.vocab * untied.hidden
+
+
+def test_config_sources(tmp_path: Path) -> None:
+    cfg = toy_config("qwen2")
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    from_file = arch_info(str(tmp_path / "config.json"))
+    from_dir = arch_info(str(tmp_path))
+    from_dict = arch_info(cfg)
+    _, obj = load_config(cfg)
+    from_obj = arch_info(obj)
+    assert from_file.params_total == from_dir.params_total == from_dict.params_total == from_obj.params_total
+    # an architecture the catalog does not list, via a config object
+    from transformers import MistralConfig
+
+    mistral = arch_info(MistralConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=300))
+    assert mistral.params_total > 0 and mistral.family == "llama"
+
+
+def test_hub_id_fails_fast_and_clearly_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.time()
+    with pytest.raises(ArchError, match="offline"):
+        arch_info("someone/not-a-cached-model")
+    assert time.time() - t0 < 10
+
+
+def test_bad_configs_name_the_field() -> None:
+    with pytest.raises(ArchError, match="attention heads"):
+        arch_info(toy_config("llama", hidden_size=100, num_attention_heads=3, num_key_value_heads=3))
+    with pytest.raises(ArchError, match="--model"):
+        arch_info("definitely-not-a-model")
+
+
+@pytest.mark.parametrize("kwargs,option", [
+    (dict(batch=0), "--batch"), (dict(method="dora"), "--method"), (dict(precision="fp8"), "--precision"),
+    (dict(zero=4), "--zero"), (dict(optimizer="adam"), "--optimizer"), (dict(seq=-1), "--seq"),
+    (dict(method="qlora", precision="bf16"), "--precision"), (dict(attn="flash"), "--attn"),
+])
+def test_setup_validation_names_the_option(kwargs: dict, option: str) -> None:
+    with pytest.raises(SetupError, match=option):
+        MemorySetup(**kwargs)
+
+
+def test_rank_larger_than_layer_is_refused() -> None:
+    with pytest.raises(SetupError, match="--rank"):
+        estimate(toy_config("llama"), MemorySetup(method="lora", rank=64))  # k_proj has 32 outputs
+    with pytest.raises(SetupError, match="--targets"):
+        estimate(toy_config("llama"), MemorySetup(method="lora", targets="c_attn"))
+
+
+def test_quantization_bits_per_param() -> None:
+    n = 64 * 256 * 1000
+    assert nf4_weight_bytes(n, double_quant=False) * 8 / n == pytest.approx(4.5, abs=0.001)
+    assert nf4_weight_bytes(n, double_quant=True) * 8 / n == pytest.approx(4 + 8 / 64 + 32 / (64 * 256), abs=0.001)
+
+
+def test_components_follow_the_setup() -> None:
+    m = "llama-3.2-1b"
+    base = MemorySetup(batch=4, seq=1024, precision="bf16")
+    full = estimate(m, base)
+    ckpt = estimate(m, base.replace(checkpointing=True))
+    lora = estimate(m, base.replace(method="lora"))
+    qlora = estimate(m, base.replace(method="qlora", precision="amp-bf16"))
+    assert ckpt.bytes["activations"] < full.bytes["activations"] / 5
+    assert lora.bytes["gradients"] < full.bytes["gradients"] / 50
+    assert qlora.bytes["weights"] < lora.bytes["weights"]
+    # the trap: prepare_model_for_kbit_training keeps the 128k×2048 embedding in fp32 (1 GB of 1.5 GB)
+    assert qlora.detail["weights.unquantized"] >= arch_info(m).vocab * arch_info(m).hidden * 4
+    # activations are linear in batch; logits = b·s·V·4 (+ small targets)
+    double = estimate(m, base.replace(batch=8))
+    assert double.bytes["activations"] == pytest.approx(2 * full.bytes["activations"], rel=1e-3)
+    assert full.bytes["logits"] >= 4 * 1024 * arch_info(m).vocab * 4
+    # ZeRO shards model states across GPUs; activations stay per device
+    z3 = estimate(m, base.replace(gpus=8, zero=3))
+    assert z3.bytes["optimizer"] == math.ceil(full.bytes["optimizer"] / 8)
+    assert z3.bytes["weights"] == math.ceil(full.bytes["weights"] / 8)
+    assert z3.bytes["activations"] == full.bytes["activations"]
+    # 8-bit AdamW: ~2 bytes/param instead of 4 (bf16) — 8 for fp32
+    eight = estimate(m, base.replace(precision="fp32", optimizer="adamw8bit"))
+    assert eight.bytes["optimizer"] < estimate(m, base.replace(precision="fp32")).bytes["optimizer"] / 3.5
+
+
+def test_peak_is_max_over_moments_not_sum() -> None:
+    r = estimate("llama-3.2-1b", MemorySetup(batch=2, seq=512))
+    assert r.peak == max(r.moments.values())
+    naive = sum(r.bytes[k] for k in ("weights", "gradients", "optimizer", "activations", "logits")) \
+        + sum(v for k, v in r.detail.items() if k.startswith("transient."))
+    assert r.peak < naive
+    # on CUDA torch's foreach AdamW allocates one temporary per parameter at the step
+    assert r.moments["optimizer_step"] == r.bytes["weights"] + r.bytes["gradients"] + r.bytes["optimizer"] \
+        + r.detail["transient.optimizer_temp"]
+    assert set(r.moments) >= {"forward_end", "backward_start", "backward_end", "optimizer_step"}
+    accum = estimate("llama-3.2-1b", MemorySetup(batch=2, seq=512, grad_accum=4))
+    assert accum.moments["forward_end"] == r.moments["forward_end"] + r.bytes["gradients"]
+
+
+def test_inference_kv_cache() -> None:
+    a = arch_info("llama-3.1-8b")
+    r = estimate(a, MemorySetup(mode="inference", precision="bf16", batch=1, seq=8192))
+    assert r.bytes["kv_cache"] == 2 * 32 * 8 * 128 * 8192 * 2  # 1 GiB: GQA's 8 KV heads
+    assert r.bytes["gradients"] == r.bytes["optimizer"] == r.bytes["activations"] == 0
+
+
+def test_formula_agrees_with_fake_trace_at_real_size() -> None:
+    """The hand formula and the exact inventory agree for a real catalog architecture."""
+    from labkit.memory.trace import trace_activations
+
+    setup = MemorySetup(batch=1, seq=128, method="lora", precision="amp-bf16", device="cpu")
+    est = estimate("smollm2-135m", setup)
+    traced = trace_activations("smollm2-135m", setup)
+    assert est.bytes["activations"] == pytest.approx(traced["activations"], rel=0.01)
+    assert est.bytes["logits"] == traced["logits"]
+
+
+def test_activation_inventory_is_readable() -> None:
+    inv = activation_inventory(arch_info(toy_config("llama")), MemorySetup(batch=1, seq=8))
+    assert any(k.endswith(".lse") for k in inv.items) and "embed.ids" in inv.items
+
+
+def test_advice_finds_a_fit() -> None:
+    from labkit.memory.advice import fixes, greedy_plan
+
+    setup = MemorySetup(batch=8, seq=2048, precision="bf16")
+    found = fixes("llama-3.2-1b", setup, 24 * GiB)
+    assert found and any(f.key == "checkpointing" for f in found)
+    plan = greedy_plan("llama-3.1-8b", MemorySetup(batch=4, seq=2048, precision="amp-bf16"), 24 * GiB)
+    assert plan and plan[-1].fits
+
+
+def test_parse_size() -> None:
+    assert parse_size("24GB") == 24 * GiB and parse_size("80 GiB") == 80 * GiB and parse_size("512MB") == 512 * 2**20
+    with pytest.raises(ValueError, match="--gpu-mem"):
+        parse_size("lots")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "labkit.memory.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+
+
+def test_cli_estimate_json_shape_and_errors() -> None:
+    out = _cli("estimate", "--model", "llama-3.2-1b", "--method", "lora", "--targets", "q_proj,v_proj",
+               "--batch", "2", "--seq", "512", "--precision", "bf16", "--gpu-mem", "8GB", "--device", "cuda", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert set(data["bytes"]) == {"weights", "gradients", "optimizer", "activations", "logits", "kv_cache", "overhead"}
+    assert all(isinstance(v, int) for v in data["bytes"].values()) and isinstance(data["peak"], int)
+    assert set(data["params"]) == {"total", "trainable"} and data["fits"] in (True, False)
+    assert data["margin"] == 8 * GiB - (data["peak"] + data["bytes"]["overhead"])
+    bad = _cli("estimate", "--model", "tiny", "--batch", "0", "--json")
+    assert bad.returncode == 2 and "--batch" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    bad = _cli("estimate", "--model", "tiny", "--zero", "five")
+    assert bad.returncode == 2 and "--zero" in bad.stderr
+
+
+def test_cli_measure_same_shape_on_a_toy(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(toy_config("llama")))
+    out = _cli("measure", "--model", str(tmp_path / "config.json"), "--batch", "1", "--seq", "16", "--device", "cpu",
+               "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["source"] == "measured" and data["bytes"]["activations"] > 0
+    est = _cli("estimate", "--model", str(tmp_path / "config.json"), "--batch", "1", "--seq", "16", "--device", "cpu",
+               "--json")
+    assert json.loads(est.stdout)["bytes"]["weights"] == data["bytes"]["weights"]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_inference_kv_cache_matches_measurement(family: str) -> None:
+    from labkit.memory.measure import measure
+
+    setup = MemorySetup(mode="inference", batch=2, seq=24, gen_len=8, precision="bf16", device="cpu")
+    m = measure(toy_config(family), setup, device="cpu", check_fits=False)
+    e = estimate(toy_config(family), setup)
+    for key in ("weights", "kv_cache", "logits"):
+        assert e.bytes[key] == m.bytes[key], key

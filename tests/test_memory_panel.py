@@ -1,0 +1,117 @@
+"""The memory panel, driven like a user would: sliders redraw, bad input → message, Measure overlays."""
+
+from __future__ import annotations
+
+import warnings
+
+import plotly.graph_objects as go
+import pytest
+
+from labkit.i18n import all_strings
+from labkit.memory.breakdown import GiB
+from labkit.memory.estimate import estimate
+from labkit.memory.setup import MemorySetup
+from labkit.memory.toy import toy_config
+from labkit.panels.memory import MemoryPanel
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def test_sliders_redraw_from_the_estimator() -> None:
+    p = MemoryPanel("llama-3.2-1b", setup=MemorySetup(method="full", precision="bf16", batch=4, seq=1024))
+    assert p.error == ""
+    act0 = p.fig.data[3].y[0]
+    p.batch.value = 8
+    assert p.fig.data[3].y[0] == pytest.approx(2 * act0, rel=0.01)  # activations double with the batch
+    expected = estimate("llama-3.2-1b", p.setup()).bytes["activations"] / GiB
+    assert p.fig.data[3].y[0] == pytest.approx(expected)
+    # the curves: peak rises with sequence length and batch
+    seq_y, batch_y = list(p.fig.data[9].y), list(p.fig.data[12].y)
+    assert seq_y == sorted(seq_y) and batch_y == sorted(batch_y)
+    p.checkpointing.value = True
+    assert p.fig.data[3].y[0] < act0
+
+
+def test_verdict_and_cheapest_fixes() -> None:
+    p = MemoryPanel("llama-3.1-8b", setup=MemorySetup(method="full", precision="amp-bf16", batch=4, seq=2048))
+    p.gpu.value = 24
+    assert "Does not fit" in p.verdict.value and p.fixes
+    assert "saves" in p.verdict.value
+    p.model_dd.value = "smollm2-135m"
+    p.method.value = "lora"
+    p.batch.value = 1
+    p.seq.value = 512
+    assert "Fits" in p.verdict.value
+    p.gpu.value = 80
+    assert p.fig.data[8].y[0] == 80
+
+
+def test_invalid_input_shows_a_message_not_a_traceback() -> None:
+    p = MemoryPanel(toy_config("llama"), setup=MemorySetup(method="lora", batch=2, seq=64))
+    assert p.error == ""
+    p.batch.value = 0
+    assert "--batch" in p.error
+    p.batch.value = 2
+    assert p.error == ""
+    p.rank.value = 100  # larger than the 32-wide k_proj
+    assert "--rank" in p.error
+    bad = MemoryPanel(toy_config("llama", hidden_size=100, num_attention_heads=3, num_key_value_heads=3))
+    assert "attention heads" in bad.error
+
+
+def test_measure_button_overlays_measured_bars() -> None:
+    p = MemoryPanel(toy_config("llama"), setup=MemorySetup(method="lora", batch=1, seq=64), device="cpu")
+    measured = p.run_measure()
+    assert measured is not None and p.error == ""
+    assert p.fig.data[0].y[1] == pytest.approx(measured.bytes["weights"] / GiB)
+    assert p.fig.data[3].y[1] > 0 and p.fig.data[11].y[0] > 0
+    assert "Measured" in p.note.value
+    traced = p.run_trace()
+    assert traced is not None and "exact trace" in p.note.value
+
+
+def test_measure_refuses_what_does_not_fit_here() -> None:
+    p = MemoryPanel("llama-3.1-70b", setup=MemorySetup(method="full", batch=1, seq=512), device="cpu")
+    assert p.run_measure() is None and "free" in p.error
+
+
+def test_figures_and_strings() -> None:
+    p = MemoryPanel("gpt2", setup=MemorySetup(batch=2, seq=256))
+    figs = p.figures()
+    assert len(figs) == 1 and isinstance(figs[0], go.Figure) and len(figs[0].data) == 15
+    assert all(v["ko"] for k, v in all_strings().items() if k.startswith("mem."))
+
+
+def test_largest_batch_search_needs_cuda() -> None:
+    import torch
+
+    from labkit.memory.measure import MeasureRefused, largest_batch
+
+    if torch.cuda.is_available():
+        pytest.skip("covered by the GPU test")
+    with pytest.raises(MeasureRefused, match="CUDA"):
+        largest_batch(toy_config("llama"), MemorySetup(), device="cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_largest_batch_and_peak_on_cuda() -> None:
+    """On a GPU: the estimated peak within 5% of max_memory_allocated, and a real OOM search."""
+    from labkit.memory.measure import largest_batch, measure
+
+    cfg = toy_config("llama", hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
+                     num_key_value_heads=4, vocab_size=8192)
+    setup = MemorySetup(batch=8, seq=512, precision="amp-bf16", device="cuda")
+    m = measure(cfg, setup, steps=3, device="cuda", check_fits=False)
+    e = estimate(cfg, setup)
+    assert abs(e.peak - m.info["max_memory_allocated"]) <= 0.05 * m.info["max_memory_allocated"]
+    found = largest_batch(cfg, setup.replace(seq=4096), device="cuda", limit=64)
+    assert found["batch"] >= 1 and any(t["ok"] for t in found["tried"])
