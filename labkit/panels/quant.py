@@ -1,0 +1,139 @@
+"""The quantization playground: method, bits, block size, outlier → histograms, error, bits/param.
+
+Model/view split: :func:`labkit.quant.quantize`, :func:`labkit.quant.error_metrics` and
+:func:`labkit.quant.inject_outlier` compute; this panel wires the controls and draws one
+``go.FigureWidget`` (original vs dequantized histogram, and the error per value).
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import ipywidgets as widgets
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from labkit.i18n import register, t
+from labkit.panels.base import Panel
+from labkit.quant.methods import BLOCK_METHODS, METHODS, QuantError, nominal_bits_per_param, quantize
+from labkit.quant.metrics import error_metrics, inject_outlier
+
+register({
+    "quant.method": ("Method", "방법"),
+    "quant.bits": ("Bits", "비트"),
+    "quant.blocksize": ("Block size", "블록 크기"),
+    "quant.per_tensor": ("whole tensor", "텐서 전체"),
+    "quant.outlier": ("Outlier ×σ", "이상치 ×σ"),
+    "quant.double": ("Double quantization", "이중 양자화"),
+    "quant.t.hist": ("Values: original vs dequantized", "값: 원본 대 역양자화"),
+    "quant.t.err": ("Error per value (sorted by original)", "값별 오차 (원본 순 정렬)"),
+    "quant.original": ("original", "원본"),
+    "quant.dequantized": ("dequantized", "역양자화"),
+    "quant.summary": (
+        "{method}, {bits} bits, block {block}: {bpp:.4f} bits/param (nominal {nominal:.4f}); "
+        "MSE {mse:.3g}, max |err| {maxerr:.3g}, SNR {snr:.1f} dB, {distinct} distinct values; "
+        "other weights rounded to 0: {zeroed:.1%}",
+        "{method}, {bits}비트, 블록 {block}: 파라미터당 {bpp:.4f}비트 (명목 {nominal:.4f}); "
+        "MSE {mse:.3g}, 최대 |오차| {maxerr:.3g}, SNR {snr:.1f} dB, 서로 다른 값 {distinct}개; "
+        "0으로 반올림된 다른 가중치: {zeroed:.1%}",
+    ),
+    "quant.fixed_bits": ("{method} is a 4-bit format: bits fixed at 4", "{method} 는 4비트 형식입니다: 비트는 4로 고정"),
+})
+
+BLOCK_CHOICES = (None, 16, 32, 64, 128, 256, 1024, 4096)
+
+
+def default_tensor(n: int = 4096, seed: int = 0) -> torch.Tensor:
+    """Normal weights with σ = 0.02 (a typical init), fixed seed."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, generator=g) * 0.02
+
+
+class QuantPlayground(Panel):
+    """Quantize a tensor live: choose method, bits, block size, outlier strength, double quant."""
+
+    def __init__(self, tensor: torch.Tensor | None = None, *, method: str = "nf4", bins: int = 80) -> None:
+        super().__init__()
+        self.tensor = (tensor if tensor is not None else default_tensor()).detach().float().reshape(-1)
+        self.bins = bins
+        self.method = widgets.Dropdown(options=list(METHODS), value=method, description=t("quant.method"))
+        self.bits = widgets.IntSlider(value=4, min=2, max=8, description=t("quant.bits"), continuous_update=False)
+        self.blocksize = widgets.Dropdown(
+            options=[(t("quant.per_tensor") if b is None else str(b), b) for b in BLOCK_CHOICES], value=64,
+            description=t("quant.blocksize"))
+        self.outlier = widgets.FloatSlider(value=0.0, min=0.0, max=200.0, step=5.0, description=t("quant.outlier"),
+                                           continuous_update=False)
+        self.double_quant = widgets.Checkbox(value=False, description=t("quant.double"), indent=False)
+        self.summary = widgets.HTML()
+        self.result = None
+        self.metrics: dict[str, Any] = {}
+        self.fig = go.FigureWidget(self._empty_figure())
+        for w in (self.method, self.bits, self.blocksize, self.outlier, self.double_quant):
+            w.observe(lambda _c: self.update(), names="value")
+        self.update()
+        self.widget = widgets.VBox([
+            widgets.HBox([self.method, self.bits, self.blocksize]),
+            widgets.HBox([self.outlier, self.double_quant]),
+            self.message, self.fig, self.summary,
+        ])
+
+    def _empty_figure(self) -> go.Figure:
+        fig = make_subplots(rows=1, cols=2, subplot_titles=[t("quant.t.hist"), t("quant.t.err")])
+        fig.add_trace(go.Bar(x=[], y=[], name=t("quant.original"), marker_color="#1f77b4", opacity=0.6), 1, 1)
+        fig.add_trace(go.Bar(x=[], y=[], name=t("quant.dequantized"), marker_color="#d62728", opacity=0.6), 1, 1)
+        fig.add_trace(go.Scatter(x=[], y=[], mode="lines", name="error", line={"color": "#555"}), 1, 2)
+        fig.update_layout(barmode="overlay", height=380, margin={"t": 40}, bargap=0)
+        fig.update_yaxes(type="log", row=1, col=1)
+        return fig
+
+    def update(self) -> None:
+        method = self.method.value
+        if method in ("nf4", "fp4") and self.bits.value != 4:
+            self.bits.value = 4  # re-enters update() through the observer
+            return
+        self.bits.disabled = method in ("nf4", "fp4")
+        block = self.blocksize.value
+        if method == "blockwise" and block is None:
+            block = 64
+        try:
+            x, idx = inject_outlier(self.tensor, self.outlier.value)
+            self.result = quantize(x, method, bits=self.bits.value, blocksize=block,
+                                   double_quant=self.double_quant.value)
+        except (QuantError, ValueError) as error:
+            self.show_error(error)
+            return
+        self.clear_error()
+        res = self.result
+        y = res.dequantized
+        mask = torch.ones(x.numel(), dtype=torch.bool)
+        if self.outlier.value > 0:
+            mask[idx] = False
+        self.metrics = error_metrics(x, y, mask)
+        others = y[mask]
+        self.metrics["zeroed_fraction"] = float(((others == 0) & (x[mask] != 0)).float().mean())
+        lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+        width = (hi - lo) / self.bins or 1.0
+        edges = torch.linspace(lo, hi, self.bins + 1)
+        centers = ((edges[:-1] + edges[1:]) / 2).tolist()
+        h_orig = torch.histc(x, bins=self.bins, min=lo, max=hi).tolist()
+        h_deq = torch.histc(y, bins=self.bins, min=lo, max=hi).tolist()
+        order = torch.argsort(x)
+        with self.fig.batch_update():
+            self.fig.data[0].x, self.fig.data[0].y, self.fig.data[0].width = centers, h_orig, width
+            self.fig.data[1].x, self.fig.data[1].y, self.fig.data[1].width = centers, h_deq, width
+            self.fig.data[2].x = x[order].tolist()
+            self.fig.data[2].y = (y - x)[order].tolist()
+        nominal = nominal_bits_per_param(res.bits, res.blocksize, res.double_quant)
+        self.summary.value = html.escape(t(
+            "quant.summary", method=method, bits=res.bits, block=res.blocksize or t("quant.per_tensor"),
+            bpp=res.bits_per_param, nominal=nominal, mse=self.metrics["mse"], maxerr=self.metrics["max_abs_error"],
+            snr=self.metrics["snr_db"], distinct=self.metrics["distinct_values"], zeroed=self.metrics["zeroed_fraction"],
+        ))
+
+    def figures(self) -> list[go.Figure]:
+        return [go.Figure(self.fig)]
+
+
+__all__ = ["QuantPlayground", "default_tensor", "BLOCK_CHOICES", "BLOCK_METHODS"]

@@ -1,0 +1,150 @@
+"""Every lab runs in smoke mode through the report machinery (papermill), and shows what it claims.
+
+The labs are committed without outputs, start with a ``parameters``-tagged cell holding SMOKE and
+MODEL, and match what ``tools/make_labs.py`` generates. Each smoke run asserts the lab's key
+results, collected from the cells' ``labkit.notebook.record`` outputs.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from labkit.notebook import read_results
+from labkit.report import notebook_parameters, run_report
+
+ROOT = Path(__file__).resolve().parents[1]
+LABS = sorted((ROOT / "labs").glob("[0-9][0-9]_*.ipynb"))
+SMOKE = {"SMOKE": True, "MODEL": "tiny", "REUSE_RUNS": False}
+TIMINGS: dict[str, float] = {}
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+# What each lab must show (on the results it records), beyond running without error.
+CHECKS = {
+    "00_training_loop": [
+        ("the batch masks the prompt", lambda r: 0 < r["answer_token_share"] < 1),
+        ("one step lowers the loss on its batch", lambda r: r["loss_after_step"] < r["loss_before_step"]),
+        ("pretraining lowers the loss", lambda r: r["pretrain_last_loss"] < r["pretrain_first_loss"]),
+        ("training needs more memory than inference", lambda r: r["train_over_inference_peak"] > 1),
+        ("the fine-tune finishes", lambda r: r["finetune_status"] == "ok"),
+        ("own loop and Trainer both train", lambda r: _finite(r["own_loop_last_loss"]) and _finite(r["trainer_last_loss"])),
+    ],
+    "01_memory": [
+        ("estimate within 2x of the measurement", lambda r: 0.5 < r["estimate_over_measured_peak"] < 2),
+        ("the fix plan makes the OOM setup fit", lambda r: r["oom_plan_fits"] is True),
+        ("accumulation lowers peak memory", lambda r: r["accum_peak_ratio"] < 1),
+        ("checkpointing saves activations", lambda r: r["checkpointing_activation_ratio"] < 1),
+        ("ZeRO-3 shards model states", lambda r: r["zero3_over_zero0"] < 1),
+    ],
+    "02_precision": [
+        ("fp16 rounding of 0.1", lambda r: r["0.1 in fp16"] == 0.0999755859375),
+        ("bf16 rounding of 0.1", lambda r: r["0.1 in bf16"] == 0.10009765625),
+        ("fp32 run trains", lambda r: _finite(r["final_loss[fp32]"])),
+        ("loss scaling rescues fp16 (scaled fp16 ends nearer fp32 than plain fp16)",
+         lambda r: abs(r["final_loss[amp-fp16-scaled]"] - r["final_loss[fp32]"])
+         < abs(r["final_loss[amp-fp16]"] - r["final_loss[fp32]"])),
+    ],
+    "03_quantization": [
+        ("double quantization bits", lambda r: abs(r["nf4_dq_bits"] - 4.127) < 0.01),
+        ("NF4 beats absmax on normal weights", lambda r: r["nf4_mse_over_absmax"] < 1),
+        ("4-bit load is smaller", lambda r: r["footprint_4bit_over_fp32"] < 1),
+        ("QLoRA trains", lambda r: r["qlora_status"] == "ok"),
+    ],
+    "04_lora": [
+        ("our LoRA equals peft", lambda r: r["lora_vs_peft_max_diff"] < 1e-4),
+        ("the adapter under test is not a no-op", lambda r: r["lora_effect_on_logits"] > 1e-3),
+        ("every sweep point finishes", lambda r: r["sweep_ok"] == r["sweep_points"] > 0),
+    ],
+    "05_merging": [
+        ("linear midpoint sinks inside the sphere", lambda r: r["linear_mid_norm"] < 0.9),
+        ("SLERP midpoint stays on it", lambda r: abs(r["slerp_mid_norm"] - 1) < 1e-3),
+        ("a merge is one pass per token, an ensemble two", lambda r: r["merge_passes_per_token"] == 1 and r["ensemble_passes_per_token"] == 2),
+        ("sequential fine-tuning raises task A loss (forgetting)", lambda r: r["sequential_loss_a_minus_specialist"] > 0),
+    ],
+    "06_lr_batch": [
+        ("accumulation reproduces the large batch", lambda r: r["accumulation_max_loss_gap"] < 1e-3),
+        ("the three schedules run", lambda r: r["schedules_ok"] == 3),
+        ("the range test picks a rate", lambda r: r["range_test_best_lr"] > 0),
+        ("larger batches give a calmer curve", lambda r: r["volatility_large_batch"] < r["volatility_small_batch"]),
+        ("higher LR, jumpier curve", lambda r: r["volatility[lr=0.01]"] > r["volatility[lr=0.0001]"]),
+    ],
+    "07_data_eval": [
+        ("cleaning removes records", lambda r: r["cleaned_records"] < r["noisy_records"]),
+        ("augmentation adds records", lambda r: r["augmented_added"] > 0),
+        ("the database answers the reference query", lambda r: r["reference_query_runs"] is True),
+        ("scores are fractions", lambda r: 0 <= r["exec_acc_before"] <= 1 and 0 <= r["exec_acc_after"] <= 1),
+    ],
+}
+
+
+def test_there_are_eight_labs():
+    assert [p.stem[:2] for p in LABS] == [f"{i:02d}" for i in range(8)], [p.name for p in LABS]
+
+
+@pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)
+def test_committed_without_outputs(lab):
+    nb = nbformat.read(lab, as_version=4)
+    nbformat.validate(nb)
+    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
+    assert not dirty, f"{lab.name}: cells {dirty} have outputs (run tools/make_labs.py)"
+    assert "widgets" not in nb.metadata
+    assert lab.stat().st_size < 100_000
+
+
+@pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)
+def test_first_code_cell_is_parameters(lab):
+    nb = nbformat.read(lab, as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    assert "parameters" in first.metadata.get("tags", []), f"{lab.name}: first code cell is not tagged parameters"
+    params = notebook_parameters(lab)
+    assert params["SMOKE"].default is False
+    assert params["MODEL"].default == "smollm2-135m"
+    assert set(SMOKE) <= set(params)
+    assert nb.cells[0].cell_type == "markdown" and "Goals" in nb.cells[0].source
+    text = "\n".join(c.source for c in nb.cells)
+    assert "takeaway(" in text or lab.stem.startswith(("01", "05")), f"{lab.name}: no takeaway"
+    assert "Try this" in text
+
+
+def test_labs_match_their_source():
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "make_labs.py"), "--check"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)
+def test_lab_smoke(lab, tmp_path):
+    start = time.perf_counter()
+    result = run_report(lab, SMOKE, tmp_path)
+    TIMINGS[lab.stem] = time.perf_counter() - start
+    assert result.ok, f"{lab.name} failed at cell {result.failed_cell}: {result.error} (report: {result.html})"
+    page = result.html.read_text(encoding="utf-8")
+    assert page.count("Plotly.newPlot(") >= 1, f"{lab.name}: no figure in the report"
+    assert result.notebook.stat().st_size < 2_000_000, f"{lab.name}: executed notebook is too large"
+    results = read_results(result.notebook)
+    failed = []
+    for what, check in CHECKS.get(lab.stem, []):
+        try:
+            ok = check(results)
+        except KeyError as missing:
+            ok, what = False, f"{what} (result {missing} not recorded)"
+        if not ok:
+            failed.append(what)
+    assert not failed, f"{lab.name}: {failed}; results: {results}"
+
+
+def test_report_smoke_timings():
+    """Prints the smoke-mode time of every lab (pytest -s shows it); runs last in this file."""
+    if TIMINGS:
+        print("\nsmoke-mode seconds per lab:", {k: round(v, 1) for k, v in TIMINGS.items()},
+              f"total {sum(TIMINGS.values()):.0f} s")
