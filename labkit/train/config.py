@@ -59,7 +59,7 @@ class TrainConfig:
     # optimisation
     precision: str = "fp32"
     optimizer: str = "adamw"
-    lr: float | None = None  # None: 2e-4 for adapters, 5e-4 for full FT of tiny / 5e-5 otherwise
+    lr: float | None = None  # None: adapters 1e-2 on tiny / 2e-4 otherwise; full FT 5e-4 on tiny / 5e-5
     weight_decay: float = 0.0
     momentum: float = 0.9
     schedule: str = "cosine"
@@ -137,7 +137,7 @@ class TrainConfig:
         if self.lr is not None:
             return self.lr
         if self.method != "full":
-            return 2e-3 if self.model == "tiny" else 2e-4
+            return 1e-2 if self.model == "tiny" else 2e-4
         return 5e-4 if self.model == "tiny" else 5e-5
 
     def to_dict(self) -> dict[str, Any]:

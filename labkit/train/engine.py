@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from labkit.device import resolve_device
 from labkit.train import distributed
-from labkit.train.config import TrainConfig
+from labkit.train.config import ConfigError, TrainConfig
 from labkit.train.data import batches, eval_examples, task_names, training_features
 from labkit.train.optim import build_optimizer, build_schedule
 from labkit.train.precision import DTYPES, policy
@@ -147,6 +147,8 @@ def _run(
                 callback(entry)
         bar.close()
         record["train_seconds"] = time.perf_counter() - train_started
+    except ConfigError:
+        raise  # a bad option is the caller's mistake, not a failed run
     except KeyboardInterrupt:
         record["status"] = "interrupted"
     except torch.OutOfMemoryError:
@@ -247,6 +249,8 @@ def build_model(
     if config.method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
+        check_targets(model, config.targets)
+
         lora = LoraConfig(
             r=config.rank,
             lora_alpha=config.lora_alpha,
@@ -260,6 +264,19 @@ def build_model(
         for parameter in model.parameters():
             parameter.requires_grad_(True)
     return model.to(device) if config.method != "qlora" else model, tokenizer
+
+
+def check_targets(model: torch.nn.Module, targets: tuple[str, ...] | str) -> None:
+    """Refuse LoRA target names this model does not have, listing the ones it does."""
+    if targets == "all-linear":
+        return
+    linear_names = sorted(
+        {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if "Linear" in type(module).__name__}
+        - {"lm_head"}
+    )
+    missing = [t for t in targets if t not in linear_names]
+    if missing:
+        raise ConfigError("targets", "all-linear or module names of this model: " + ",".join(linear_names), missing[0])
 
 
 def _is_4bit(model: torch.nn.Module) -> bool:
