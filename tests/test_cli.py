@@ -31,7 +31,8 @@ def labkit(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         (["fetch", "gpt4"], "name"),
     ],
 )
-def test_bad_options_get_one_line_naming_the_option(capsys, args, option):
+def test_bad_options_get_one_line_naming_the_option(tiny, capsys, args, option):
+    # `tiny` first: on a fresh LABKIT_HOME its one-time pretraining would print a progress bar.
     with pytest.raises(SystemExit) as exit_info:
         code = main(args)
         raise SystemExit(code)

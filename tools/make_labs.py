@@ -865,7 +865,7 @@ def lab05() -> list:
         """),
         code("""
         from labkit.merge.experiment import TaskEvaluator, comparison_table, merge_path, train_specialists
-        TRAIN = dict(precision=LAB.precision, **(dict(batch_size=4, seq_len=128) if SMOKE else {}))
+        TRAIN = dict(precision=LAB.precision, **(dict(batch_size=4, seq_len=128, warmup_steps=1) if SMOKE else {}))
         spec = train_specialists(MODEL, "text2sql", "json_extract", method="full", steps=STEPS, seed=SEED,
                                  store=STORE, **TRAIN)
         evaluator = TaskEvaluator(spec.base_model, spec.tokenizer, "text2sql", "json_extract", n_eval=EVAL_EXAMPLES, seed=SEED)
