@@ -128,17 +128,6 @@ def point_label(method: str, rank: int | None, alpha_policy: str | None = None, 
     return " ".join(parts)
 
 
-def _quantization(config: Any) -> dict[str, Any]:
-    from labkit.train.precision import DTYPES
-
-    return {
-        "load_in_4bit": True,
-        "bnb_4bit_quant_type": config.quant_type,
-        "bnb_4bit_use_double_quant": config.double_quant,
-        "bnb_4bit_compute_dtype": DTYPES[config.compute_dtype],
-    }
-
-
 def run_sweep(
     model: str,
     task: str,
@@ -192,11 +181,12 @@ def run_sweep(
         kind = "4bit" if config.method == "qlora" else "plain"
         if kind not in bases:
             from labkit.models import load_model, load_tokenizer
+            from labkit.train.engine import qlora_quantization
             from labkit.train.precision import policy
 
             t0 = time.perf_counter()
             if kind == "4bit":
-                m = load_model(model, quantization=_quantization(config), device=device)
+                m = load_model(model, quantization=qlora_quantization(config), device=device)
             else:
                 m = load_model(model, dtype=policy(config.precision).weight_dtype)
             bases[kind] = (m, load_tokenizer(model))

@@ -221,14 +221,7 @@ def build_model(
             raise ValueError("--method qlora needs a 4-bit base: pass none and labkit loads one")
     else:
         tokenizer = load_tokenizer(config.model)
-        quantization = None
-        if config.method == "qlora":
-            quantization = {
-                "load_in_4bit": True,
-                "bnb_4bit_quant_type": config.quant_type,
-                "bnb_4bit_use_double_quant": config.double_quant,
-                "bnb_4bit_compute_dtype": DTYPES[config.compute_dtype],
-            }
+        quantization = qlora_quantization(config) if config.method == "qlora" else None
         model = load_model(config.model, dtype=weight_dtype, quantization=quantization, device=device)
 
     if config.method == "qlora":
@@ -264,6 +257,16 @@ def build_model(
         for parameter in model.parameters():
             parameter.requires_grad_(True)
     return model.to(device) if config.method != "qlora" else model, tokenizer
+
+
+def qlora_quantization(config: TrainConfig) -> dict[str, Any]:
+    """The bitsandbytes 4-bit load settings a QLoRA config asks for (``load_model(quantization=...)``)."""
+    return {
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": config.quant_type,
+        "bnb_4bit_use_double_quant": config.double_quant,
+        "bnb_4bit_compute_dtype": DTYPES[config.compute_dtype],
+    }
 
 
 def check_targets(model: torch.nn.Module, targets: tuple[str, ...] | str) -> None:
