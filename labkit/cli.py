@@ -16,6 +16,7 @@ from labkit.train.config import (
     COMPUTE_DTYPES,
     METHODS,
     OPTIMIZERS,
+    PARALLEL,
     PRECISIONS,
     QUANT_TYPES,
     SCHEDULES,
@@ -60,6 +61,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--seq-len", "--seq", type=int, default=256)
     parser.add_argument("--checkpointing", dest="grad_checkpointing", action="store_true")
+    parser.add_argument("--parallel", choices=PARALLEL, default="ddp",
+                        help="under torchrun/accelerate: ddp (a replica per process) or fsdp (sharded)")
     parser.add_argument("--loss-multiplier", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-seed", type=int, default=0, help="fixes the train/eval split")
@@ -102,6 +105,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any):
         grad_accum=args.grad_accum,
         seq_len=args.seq_len,
         grad_checkpointing=args.grad_checkpointing,
+        parallel=args.parallel,
         loss_multiplier=args.loss_multiplier,
         seed=args.seed,
         data_seed=args.data_seed,
@@ -130,14 +134,17 @@ def check_task(task: str) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from labkit.train import train
+    from labkit.train import distributed, train
 
     config = config_from_args(args)
     check_task(config.task)
     record = train(config, store=store_from_args(args), progress=not args.json or sys.stderr.isatty())
+    records = distributed.gather_to_main(record)  # under torchrun: rank 0 prints every rank's record
+    distributed.finish()
     if args.json:
-        print(json.dumps(record, allow_nan=False, default=str))
-    else:
+        for rank_record in records:
+            print(json.dumps(rank_record, allow_nan=False, default=str), flush=True)
+    elif records:  # the main process (or the only one) prints the summary
         _print_summary(record)
     return 0 if record["status"] == "ok" else 1
 

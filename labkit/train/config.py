@@ -20,6 +20,7 @@ ALPHA_POLICIES = ("fixed", "2r", "rslora")
 QUANT_TYPES = ("nf4", "fp4")
 COMPUTE_DTYPES = ("fp32", "bf16", "fp16")
 SPLITS = ("entity", "template")
+PARALLEL = ("ddp", "fsdp")  # how several processes share the work (ignored when training alone)
 
 PRECISION_HELP = {
     "fp32": "fp32 weights and compute",
@@ -69,6 +70,7 @@ class TrainConfig:
     grad_accum: int = 1
     seq_len: int = 256
     grad_checkpointing: bool = False
+    parallel: str = "ddp"  # ddp: a full replica per process | fsdp: parameters, grads, optimizer sharded
     max_grad_norm: float | None = 1.0
     loss_multiplier: float = 1.0  # <1 pushes gradients towards fp16 underflow (the loss-scaling lesson)
     seed: int = 0
@@ -95,6 +97,7 @@ class TrainConfig:
         _choice("quant_type", self.quant_type, QUANT_TYPES)
         _choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         _choice("split", self.split, SPLITS)
+        _choice("parallel", self.parallel, PARALLEL)
         _int_range("rank", self.rank, 1, 4096)
         _int_range("steps", self.steps, 1, 10_000_000)
         _int_range("batch_size", self.batch_size, 1, 65_536)
@@ -119,6 +122,8 @@ class TrainConfig:
             raise ConfigError("targets", "at least one module name", self.targets)
         if self.method == "qlora" and self.precision in ("fp16", "bf16"):
             raise ConfigError("precision", "fp32 or an amp-* policy with QLoRA", self.precision)
+        if self.method == "qlora" and self.parallel == "fsdp":
+            raise ConfigError("parallel", "ddp with QLoRA (bitsandbytes 4-bit weights are not sharded here)", self.parallel)
 
     # --- derived values -------------------------------------------------
     @property

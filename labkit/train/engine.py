@@ -81,6 +81,8 @@ def _run(
     device = dist.device
     seed_everything(config.seed)
     record = new_record(config)
+    if dist.enabled:
+        record["rank"], record["world_size"] = dist.rank, dist.world_size
     steps = record["steps"]
     model = None
     try:
@@ -90,10 +92,10 @@ def _run(
         record["params"] = count_params(model)
         precision = policy(config.precision)
         scaler = precision.scaler(device)
+        wrapped = dist.wrap(model, config.parallel)  # before the optimizer: FSDP swaps in sharded parameters
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = build_optimizer(trainable, config)
         schedule = build_schedule(optimizer, config)
-        wrapped = dist.wrap(model)
         features = training_features(tokenizer, config)
         stream = batches(
             features, config.batch_size, tokenizer.pad_token_id, config.seed, dist.rank, dist.world_size
@@ -132,6 +134,7 @@ def _run(
             if scaler:
                 scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm or float("inf"))
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
@@ -162,6 +165,8 @@ def _run(
         record["error"] = f"{type(error).__name__}: {error}"
         record["traceback"] = traceback.format_exc(limit=8)
 
+    if dist.sharded and record["status"] == "ok":  # FSDP: gather the shards into one model on rank 0
+        model = dist.unsharded(model, lambda: _rebuild(config, base, device, prepare))
     _finish_record(record, model, device, started)
     if record["status"] == "ok" and model is not None:
         record["eval"] = evaluate(model, tokenizer, config, dist)
@@ -174,6 +179,12 @@ def _run(
         store.put(record)
     dist.barrier()
     return record, model
+
+
+def _rebuild(config: TrainConfig, base: Any, device: torch.device, prepare: Prepare | None) -> torch.nn.Module:
+    """A fresh, unsharded model of the same shape as the one trained (weights loaded by the caller)."""
+    model, _ = build_model(config, base, device)
+    return prepare(model) if prepare is not None else model
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, n_targets: int) -> torch.Tensor:
@@ -310,6 +321,7 @@ def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None 
     def size(tensor: torch.Tensor | None) -> int:
         if tensor is None or not isinstance(tensor, torch.Tensor):
             return 0
+        tensor = distributed.local(tensor)  # under FSDP: only this process's shard
         storage = tensor.untyped_storage()
         if storage.data_ptr() in seen:
             return 0
