@@ -29,8 +29,10 @@ def test_causal_lm_loss_matches_transformers(tiny):
 
 
 def test_full_finetune_learns_text2sql_far_beyond_the_base(tiny):
-    """Loss on held-out questions falls far below the base's. (Execution accuracy is reported; at this
-    CI size tiny's greedy SQL is not yet exactly right — see the issue note — so it is not asserted.)"""
+    """Loss on held-out questions falls far below the base's. Execution accuracy is reported but not
+    asserted: tiny writes the right SQL shape with the wrong entity value, because it cannot copy an
+    unseen name from the question (``benchmarks/copy_probe.py``: no induction heads). SmolLM2's test
+    below asserts the accuracy gain."""
     from labkit.tasks import evaluate_model, load_task
 
     config = TrainConfig(method="full", steps=150, **{**FAST, "eval_examples": 20})
@@ -151,13 +153,27 @@ def test_multitask_evaluates_each_task(tiny):
     assert set(record["eval"]) == {"text2sql", "json_extract"}
 
 
-def test_smollm2_lora_trains_offline():
-    """The real SmolLM2-135M (fetched from PyPI, converted once) LoRA-trains a few steps."""
+def test_smollm2_lora_beats_its_base_on_execution_accuracy():
+    """The real SmolLM2-135M (fetched from PyPI, converted once): 40 LoRA steps on CPU take it from
+    0 correct queries to many, on held-out questions whose entity values it never saw in training.
+
+    (``tiny`` cannot do this yet: it has not learned to copy an unseen name from the question into
+    the query — see ``benchmarks/copy_probe.py`` — so its test checks the loss gap instead.)
+    """
+    from labkit.models import load_model, load_tokenizer
+    from labkit.tasks import evaluate_model, load_task
+
+    base = load_model("smollm2-135m"), load_tokenizer("smollm2-135m")
     config = TrainConfig(
-        model="smollm2-135m", task="text2sql", method="lora", rank=4, steps=3, batch_size=2, seq_len=192,
-        eval_examples=0,
+        model="smollm2-135m", task="text2sql", method="lora", rank=8, steps=40, batch_size=4, lr=1e-3,
+        warmup_steps=5, eval_examples=20,
     )
-    record = train(config, progress=False)
+    record = train(config, base=base, progress=False)
     assert record["status"] == "ok", record.get("error")
-    assert all(math.isfinite(x) for x in record["losses"])
+    assert fell(record["losses"], 0.5)
     assert record["params"]["total"] > 130_000_000
+    examples = list(load_task("text2sql", seed=0)["eval"].select(range(20)))
+    before = evaluate_model(*base, "text2sql", examples)
+    after = record["eval"]
+    assert after["execution_accuracy"] >= 0.2, after
+    assert after["execution_accuracy"] > before["execution_accuracy"], (before, after)
