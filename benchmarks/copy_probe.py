@@ -14,24 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 from labkit.models import load_model, load_tokenizer
-
-
-@torch.no_grad()
-def copy_losses(model: torch.nn.Module, vocab: int, special: set[int], length: int, sequences: int, seed: int = 0) -> dict[str, float]:
-    """Mean next-token loss on the first and the second copy of random token sequences."""
-    gen = torch.Generator().manual_seed(seed)
-    allowed = torch.tensor([i for i in range(vocab) if i not in special])
-    first = allowed[torch.randint(0, len(allowed), (sequences, length), generator=gen)]
-    ids = torch.cat([first, first], dim=1)
-    logits = model(input_ids=ids).logits.float()
-    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
-    return {
-        "first_copy_loss": nll[:, : length - 1].mean().item(),
-        "second_copy_loss": nll[:, length - 1 :].mean().item(),
-    }
+from labkit.models.probes import copy_losses
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,14 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.models:
         model, tokenizer = load_model(name).eval(), load_tokenizer(name)
-        vocab = min(model.config.vocab_size, len(tokenizer))
-        result = copy_losses(model, vocab, set(tokenizer.all_special_ids), args.length, args.sequences)
-        rows.append({"model": name, **result})
+        rows.append({"model": name, **copy_losses(model, tokenizer, length=args.length, sequences=args.sequences)})
     print("| model | loss, 1st copy | loss, 2nd copy | 2nd / 1st |")
     print("|---|---|---|---|")
     for r in rows:
-        ratio = r["second_copy_loss"] / r["first_copy_loss"]
-        print(f"| {r['model']} | {r['first_copy_loss']:.2f} | {r['second_copy_loss']:.2f} | {ratio:.2f} |")
+        print(f"| {r['model']} | {r['first_copy_loss']:.2f} | {r['second_copy_loss']:.2f} | {r['ratio']:.2f} |")
     print(json.dumps(rows))
     return 0
 

@@ -37,6 +37,7 @@ CHECKS = {
         ("pretraining lowers the loss", lambda r: r["pretrain_last_loss"] < r["pretrain_first_loss"]),
         ("training needs more memory than inference", lambda r: r["train_over_inference_peak"] > 1),
         ("the fine-tune finishes", lambda r: r["finetune_status"] == "ok"),
+        ("the copy probe gives a ratio", lambda r: 0 < r["copy_ratio"] < 2),
         ("own loop and Trainer both train", lambda r: _finite(r["own_loop_last_loss"]) and _finite(r["trainer_last_loss"])),
     ],
     "01_memory": [

@@ -242,3 +242,19 @@ def test_smollm2_converted_from_pypi_gguf_chats_and_trains():
     model(input_ids=ids, labels=ids).loss.backward()
     grad = model.model.layers[0].self_attn.q_proj.weight.grad
     assert grad is not None and torch.isfinite(grad).all()
+
+
+def test_copy_probe_sees_that_smollm2_copies_and_rejects_bad_sizes(tiny):
+    from labkit.models.probes import copy_losses
+
+    smol = copy_losses(load_model("smollm2-135m"), load_tokenizer("smollm2-135m"), sequences=8)
+    assert smol["first_copy_loss"] > 5  # random tokens are unpredictable the first time
+    assert smol["ratio"] < 0.5  # ... and predictable the second: induction heads
+    model, tokenizer = tiny
+    was_training = model.training
+    small = copy_losses(model, tokenizer, length=8, sequences=2)
+    assert small["first_copy_loss"] > 5 and model.training == was_training
+    with pytest.raises(ValueError, match="length"):
+        copy_losses(model, tokenizer, length=1)
+    with pytest.raises(ValueError, match="sequences"):
+        copy_losses(model, tokenizer, sequences=0)
