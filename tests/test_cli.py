@@ -28,6 +28,7 @@ def labkit(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         (["train", "--task", "poetry"], "--task"),
         (["train", "--dropout", "1.5"], "--dropout"),
         (["train", "--targets", "attention"], "--targets"),
+        (["train", "--method", "qlora", "--parallel", "fsdp"], "--parallel"),
         (["fetch", "gpt4"], "name"),
     ],
 )

@@ -36,6 +36,14 @@ def test_qlora_refuses_pure_half_precision():
         TrainConfig(method="qlora", precision="bf16")
 
 
+def test_parallel_is_ddp_or_fsdp_and_qlora_is_not_sharded():
+    with pytest.raises(ConfigError, match="--parallel: must be one of ddp|fsdp"):
+        TrainConfig(parallel="zero3")
+    with pytest.raises(ConfigError, match="--parallel: must be ddp with QLoRA"):
+        TrainConfig(method="qlora", parallel="fsdp")
+    assert TrainConfig(method="lora", parallel="fsdp").parallel == "fsdp"
+
+
 def test_key_is_stable_and_sensitive():
     a, b = TrainConfig(rank=8), TrainConfig(rank=8)
     assert a.key() == b.key()

@@ -27,7 +27,6 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
-    strategy: str = "ddp"
     fsdp_root: Any = None  # the module fully_shard was applied to last (set by wrap)
 
     @property
@@ -47,7 +46,6 @@ class Dist:
 
         ``ddp``: DistributedDataParallel around the model. ``fsdp``: the model itself, sharded in place.
         """
-        self.strategy = strategy
         if not self.enabled:
             return model
         if strategy == "fsdp":
