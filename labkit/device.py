@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 
@@ -40,3 +43,14 @@ def auto_precision(device: torch.device | None = None) -> str:
     if device.type != "cuda":
         return "fp32"
     return "amp-bf16" if supports_bf16(device) else "amp-fp16-scaled"
+
+
+@contextlib.contextmanager
+def model_mode(model: torch.nn.Module, training: bool) -> Iterator[None]:
+    """Put ``model`` in train (``True``) or eval mode for a block, then restore the mode it had."""
+    was_training = model.training
+    model.train(training)
+    try:
+        yield
+    finally:
+        model.train(was_training)

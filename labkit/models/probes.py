@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from labkit.device import model_mode
+
 
 @torch.no_grad()
 def copy_losses(model: Any, tokenizer: Any, *, length: int = 20, sequences: int = 16, seed: int = 0) -> dict[str, float]:
@@ -30,12 +32,8 @@ def copy_losses(model: Any, tokenizer: Any, *, length: int = 20, sequences: int 
     gen = torch.Generator().manual_seed(seed)
     run = allowed[torch.randint(0, len(allowed), (sequences, length), generator=gen)]
     ids = torch.cat([run, run], dim=1).to(next(model.parameters()).device)
-    was_training = model.training
-    model.eval()
-    try:
+    with model_mode(model, False):
         logits = model(input_ids=ids).logits.float()
-    finally:
-        model.train(was_training)
     nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
     first = nll[:, : length - 1].mean().item()
     second = nll[:, length - 1 :].mean().item()

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from labkit.device import model_mode
 from labkit.precision.formats import FloatFormat, get_format, round_tensor
 
 __all__ = [
@@ -130,21 +131,19 @@ def collect_tensors(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, l
                 output.register_hook(lambda g: act_grads.append(g.detach().reshape(-1)))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    was_training = model.training
     try:
-        model.train()
-        model.zero_grad(set_to_none=True)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
-        n_targets = int((batch["labels"][:, 1:] != -100).sum())
-        loss = causal_lm_loss(logits, batch["labels"], n_targets) * loss_multiplier
-        loss.backward()
-        weights = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()])
-        grads = torch.cat([p.grad.detach().reshape(-1).float() for p in model.parameters() if p.grad is not None])
+        with model_mode(model, True):
+            model.zero_grad(set_to_none=True)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+            n_targets = int((batch["labels"][:, 1:] != -100).sum())
+            loss = causal_lm_loss(logits, batch["labels"], n_targets) * loss_multiplier
+            loss.backward()
+            weights = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()])
+            grads = torch.cat([p.grad.detach().reshape(-1).float() for p in model.parameters() if p.grad is not None])
     finally:
         for h in handles:
             h.remove()
         model.zero_grad(set_to_none=True)
-        model.train(was_training)
     g = torch.Generator().manual_seed(seed)
 
     def sample(t: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from labkit.device import model_mode
+
 from labkit.tasks.formatting import (
     IGNORE_INDEX,
     build_prompt,
@@ -108,26 +110,21 @@ def generate_answers(
     stops = set(stop_token_ids(tokenizer))
     config = _generation_config(model, tokenizer, max_new_tokens)
     answers: list[str] = [""] * len(records)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), _cpu_threads_for(model):
-            for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
-                width = max(len(prompts[i]) for i in idx)
-                ids = torch.full((len(idx), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(idx), width), dtype=torch.long)
-                for row, i in enumerate(idx):  # left padding
-                    n = len(prompts[i])
-                    ids[row, width - n:] = torch.tensor(prompts[i], dtype=torch.long)
-                    mask[row, width - n:] = 1
-                out = model.generate(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
-                )
-                for row, i in enumerate(idx):
-                    answers[i] = _cut(tokenizer, out[row, width:].tolist(), stops)
-    finally:
-        model.train(was_training)
+    with model_mode(model, False), torch.inference_mode(), _cpu_threads_for(model):
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            width = max(len(prompts[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):  # left padding
+                n = len(prompts[i])
+                ids[row, width - n:] = torch.tensor(prompts[i], dtype=torch.long)
+                mask[row, width - n:] = 1
+            out = model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
+            )
+            for row, i in enumerate(idx):
+                answers[i] = _cut(tokenizer, out[row, width:].tolist(), stops)
     return answers
 
 
@@ -144,24 +141,19 @@ def answer_loss(model: Any, tokenizer: Any, examples: Any, max_len: int = 512, b
     device = _device(model)
     pad = pad_token_id(tokenizer)
     total, count = 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), _cpu_threads_for(model):
-            for start in range(0, len(features), batch_size):
-                batch = collate(features[start:start + batch_size], pad)
-                logits = model(
-                    input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-                ).logits
-                labels = batch["labels"].to(logits.device)[:, 1:]
-                logits = logits[:, :-1].float()
-                total += F.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                    ignore_index=IGNORE_INDEX, reduction="sum",
-                ).item()
-                count += int((labels != IGNORE_INDEX).sum())
-    finally:
-        model.train(was_training)
+    with model_mode(model, False), torch.inference_mode(), _cpu_threads_for(model):
+        for start in range(0, len(features), batch_size):
+            batch = collate(features[start:start + batch_size], pad)
+            logits = model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).logits
+            labels = batch["labels"].to(logits.device)[:, 1:]
+            logits = logits[:, :-1].float()
+            total += F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                ignore_index=IGNORE_INDEX, reduction="sum",
+            ).item()
+            count += int((labels != IGNORE_INDEX).sum())
     return total / max(count, 1)
 
 
