@@ -187,7 +187,7 @@ def test_every_gold_query_runs_and_matches_itself() -> None:
     ev = ds["eval"].select(range(30))
     gold = ev["output"]
     assert evaluate_predictions("text2sql", gold, ev) == {
-        "exact_match": 1.0, "execution_accuracy": 1.0, "accuracy": 1.0, "n": 30}
+        "exact_match": 1.0, "exact_match_no_values": 1.0, "execution_accuracy": 1.0, "accuracy": 1.0, "n": 30}
     # same rows from different SQL: execution match without exact match
     rewritten = [g.replace("SELECT ", "select ", 1) + " ;" for g in gold]
     m = evaluate_predictions("text2sql", rewritten, ev)
@@ -195,6 +195,10 @@ def test_every_gold_query_runs_and_matches_itself() -> None:
     shuffled = gold[1:] + gold[:1]
     m = evaluate_predictions("text2sql", shuffled, ev)
     assert m["execution_accuracy"] < 0.3 and m["exact_match"] == 0.0
+    # the right query with another entity's value: the shape is right, the answer is not
+    other_value = [g.replace(f"'{text2sql.sql_literal(e)}'", "'Atlantis'") for g, e in zip(gold, ev["entity"])]
+    m = evaluate_predictions("text2sql", other_value, ev)
+    assert m["exact_match_no_values"] == 1.0 and m["exact_match"] == 0.0 and m["execution_accuracy"] < 0.3
     m = evaluate_predictions("text2sql", ["DROP TABLE Track"] * 30, ev)
     assert m["accuracy"] == 0.0
 
@@ -204,6 +208,9 @@ def test_normalize_sql_respects_string_literals() -> None:
     assert n("SELECT  *\nFROM Genre WHERE Name = 'Rock';") == n("select * from genre where name = 'Rock'")
     assert n("SELECT * FROM Genre WHERE Name = 'Rock'") != n("SELECT * FROM Genre WHERE Name = 'rock'")
     assert text2sql.sql_literal("Guns N' Roses") == "Guns N'' Roses"
+    shape = text2sql.sql_shape
+    assert shape("SELECT * FROM Artist WHERE Name = 'Guns N'' Roses';") == shape("select * from artist where name = 'U2'")
+    assert shape("SELECT COUNT(*) FROM Genre WHERE Name = 'Rock'") != shape("SELECT * FROM Genre WHERE Name = 'Rock'")
 
 
 def test_json_extract_split_by_customer_and_scoring() -> None:

@@ -52,7 +52,7 @@ _REGISTRY = {
     "text2sql": Task(
         "text2sql",
         "Chinook questions → one SQLite query, scored by running it (execution accuracy)",
-        ("exact_match", "execution_accuracy"),
+        ("exact_match", "exact_match_no_values", "execution_accuracy"),
         "execution_accuracy",
         text2sql.build_records,
         text2sql.evaluate,

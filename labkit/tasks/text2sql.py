@@ -318,16 +318,35 @@ def normalize_sql(sql: str) -> str:
     return "".join(p if p.startswith("'") else _WS.sub(" ", p).lower() for p in pieces).strip()
 
 
+_LITERAL = re.compile(r"'(?:[^']|'')*'")
+
+
+def sql_shape(sql: str) -> str:
+    """:func:`normalize_sql` with every string literal replaced by ``'?'``: the query's shape.
+
+    Comparing shapes is Spider's "exact match without values": did the model write the right
+    query, whatever value it put in the ``WHERE``?
+    """
+    return _LITERAL.sub("'?'", normalize_sql(sql))
+
+
 def evaluate(predictions: list[str], examples: list[dict[str, Any]]) -> dict[str, float]:
-    """``exact_match`` (normalized SQL text) and ``execution_accuracy`` (same result rows)."""
+    """``exact_match`` (normalized SQL text), ``exact_match_no_values`` (same SQL up to string
+    literals) and ``execution_accuracy`` (same result rows).
+
+    A model that writes the right query with the wrong entity value scores on the second and
+    not on the others: the gap between them is the copying the model could not do.
+    """
     db = chinook_db()
-    exact = execution = 0
+    exact = shape = execution = 0
     for pred, ex in zip(predictions, examples):
         exact += normalize_sql(pred) == normalize_sql(ex["output"])
+        shape += sql_shape(pred) == sql_shape(ex["output"])
         execution += execution_match(pred, ex["output"], db)
     n = max(len(examples), 1)
     return {
         "exact_match": exact / n,
+        "exact_match_no_values": shape / n,
         "execution_accuracy": execution / n,
         "accuracy": execution / n,
     }
