@@ -262,8 +262,9 @@ def lab00() -> list:
                              train_examples=TRAIN_EXAMPLES, precision=LAB.precision, seed=SEED)
         run = train(config, base=(base_model, tokenizer), store=STORE, progress=PROGRESS)
         print("status:", run["status"])
-        display(table([{"": "before", **{k: before[k] for k in ("loss", "exact_match", "execution_accuracy")}},
-                       {"": "after", **{k: run["eval"].get(k) for k in ("loss", "exact_match", "execution_accuracy")}}]))
+        scores = ("loss", "exact_match", "exact_match_no_values", "execution_accuracy")
+        display(table([{"": "before", **{k: before.get(k) for k in scores}},
+                       {"": "after", **{k: run["eval"].get(k) for k in scores}}]))
         record("finetune_status", run["status"])
         record("eval_loss_before", before["loss"])
         record("eval_loss_after", run["eval"]["loss"])
@@ -278,8 +279,10 @@ def lab00() -> list:
         current token, predict what followed it). The probe below feeds runs of random tokens
         twice: a model that can copy predicts the second run far better than the first
         (ratio well below 1). SmolLM2-135M scores about 0.25; `tiny`, after its 1.5-minute
-        pretraining, about 1.0 — so fine-tuned `tiny` learns the SQL shape but invents the name,
-        and its execution accuracy stays near 0 while SmolLM2's climbs.
+        pretraining, about 1.0 — so fine-tuned `tiny` learns the SQL shape but invents the name.
+        The table above shows it: `exact_match_no_values` (the query is right up to its string
+        values, Spider's "exact match without values") climbs for `tiny` — 0.72 after 300 steps
+        at lr 1e-3 — while its execution accuracy stays at 0; SmolLM2 climbs on both.
         """),
         code("""
         from labkit.models.probes import copy_losses
@@ -1165,6 +1168,8 @@ def lab07() -> list:
         **Exact match** compares the SQL text; **execution accuracy** runs both queries on the
         Chinook database and compares the rows. Two different queries can return the same
         rows, so execution accuracy ≥ exact match in practice, and it is the fairer score.
+        **Exact match without values** compares the SQL with its string literals masked: the
+        gap between it and execution accuracy is the entity values the model failed to copy.
         """),
         code("""
         base = load_model(MODEL)
@@ -1174,8 +1179,8 @@ def lab07() -> list:
                                       seed=SEED), base=(base, tokenizer),
                           store=STORE, progress=PROGRESS)
         after = after_run["eval"]
-        display(table([{"": "before", "exact match": before["exact_match"], "execution accuracy": before["execution_accuracy"]},
-                       {"": "after", "exact match": after.get("exact_match"), "execution accuracy": after.get("execution_accuracy")}]))
+        display(table([{"": name, "exact match": m.get("exact_match"), "exact match without values": m.get("exact_match_no_values"),
+                        "execution accuracy": m.get("execution_accuracy")} for name, m in (("before", before), ("after", after))]))
         print("a prediction before fine-tuning:", before["predictions"][0][:200])
         record("exec_acc_before", before["execution_accuracy"])
         record("exec_acc_after", after.get("execution_accuracy"))
