@@ -197,6 +197,7 @@ def evaluate_model(
 
 def summarize(metrics: Mapping[str, Any]) -> str:
     """A one-line human summary of an evaluation dict."""
-    keys = [k for k in ("accuracy", "exact_match", "exact_match_no_values", "execution_accuracy", "json_valid", "field_accuracy", "loss")
-            if k in metrics]
+    names = ("accuracy", "exact_match", "exact_match_no_values", "execution_accuracy", "json_valid", "field_accuracy",
+             "loss")
+    keys = [k for k in names if k in metrics]
     return ", ".join(f"{k} {metrics[k]:.3f}" for k in keys) + f" (n={metrics.get('n', '?')})"

@@ -309,16 +309,14 @@ def build_records(seed: int = 0, split: str = "entity") -> dict[str, list[dict[s
 
 
 _WS = re.compile(r"\s+")
+_LITERAL = re.compile(r"('(?:[^']|'')*')")  # a single-quoted SQL string ('' escapes a quote)
 
 
 def normalize_sql(sql: str) -> str:
     """Whitespace-collapsed, case-folded outside string literals, no trailing semicolon."""
     text = clean_sql(sql)
-    pieces = re.split(r"('(?:[^']|'')*')", text)
+    pieces = _LITERAL.split(text)
     return "".join(p if p.startswith("'") else _WS.sub(" ", p).lower() for p in pieces).strip()
-
-
-_LITERAL = re.compile(r"'(?:[^']|'')*'")
 
 
 def sql_shape(sql: str) -> str:
