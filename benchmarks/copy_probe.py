@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-
 from typing import Any
 
 from labkit.models import load_model, load_tokenizer

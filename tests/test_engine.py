@@ -160,7 +160,8 @@ def test_smollm2_lora_beats_its_base_on_execution_accuracy():
     0 correct queries to many, on held-out questions whose entity values it never saw in training.
 
     (``tiny`` cannot do this yet: it has not learned to copy an unseen name from the question into
-    the query — see ``benchmarks/copy_probe.py`` — so its test checks the loss gap instead.)
+    the query — see ``benchmarks/copy_probe.py`` — so its test checks the loss gap and exact match
+    without values instead.)
     """
     from labkit.models import load_model, load_tokenizer
     from labkit.tasks import evaluate_model, load_task

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from labkit.device import model_mode
-
 from labkit.tasks.formatting import (
     IGNORE_INDEX,
     build_prompt,
