@@ -69,6 +69,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("entity", "template"), default="entity",
                         help="entity: unseen values in eval; template: unseen question templates")
     parser.add_argument("--train-examples", type=int, default=None)
+    parser.add_argument("--train-file", default=None,
+                        help="JSONL of instruction/input/output records to train on (the task still evaluates)")
     parser.add_argument("--eval-examples", type=int, default=40)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--runs", default=None, help="run store folder (default: LABKIT_HOME/runs)")
@@ -111,6 +113,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any):
         data_seed=args.data_seed,
         split=args.split,
         train_examples=args.train_examples,
+        train_file=args.train_file,
         eval_examples=args.eval_examples,
         max_new_tokens=args.max_new_tokens,
     )

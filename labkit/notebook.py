@@ -277,9 +277,9 @@ def own_loop(
     """The whole fine-tuning loop in a dozen lines: batch → forward → loss → backward → update.
 
     Full fine-tuning with AdamW on instruction ``records`` (prompt tokens masked out of the loss),
-    in place on ``model``. Returns the loss of every step. Lab 00 compares it with the
-    Trainer API and with :func:`labkit.train.train`; lab 07 uses it to train on cleaned or noisy
-    records (which the task-based engine does not take).
+    in place on ``model``. Returns the loss of every step. Lab 00 sets it beside the Trainer API
+    and :func:`labkit.train.train` (the engine every other run uses, which takes your own records
+    too: ``TrainConfig(train_file=...)``).
     """
     import torch
 

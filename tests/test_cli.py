@@ -29,6 +29,7 @@ def labkit(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         (["train", "--dropout", "1.5"], "--dropout"),
         (["train", "--targets", "attention"], "--targets"),
         (["train", "--method", "qlora", "--parallel", "fsdp"], "--parallel"),
+        (["train", "--train-file", "no-such-records.jsonl"], "--train-file"),
         (["fetch", "gpt4"], "name"),
     ],
 )

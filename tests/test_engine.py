@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from labkit.train import RunStore, TrainConfig, train
+from labkit.train.config import ConfigError
 from labkit.train.engine import causal_lm_loss
 
 FAST = dict(model="tiny", task="text2sql", eval_examples=0, batch_size=8)
@@ -147,6 +148,30 @@ def test_a_torn_record_is_ignored_not_trusted(tmp_path):
     (tmp_path / config.key()).mkdir()
     (tmp_path / config.key() / "record.json").write_text('{"status": "ok", "loss')
     assert store.get(config) is None
+
+
+def test_a_train_file_replaces_the_train_split_and_runs_are_keyed_by_its_content(tiny, tmp_path):
+    from labkit.data.records import write_records
+    from labkit.tasks import load_task
+    from labkit.train.data import training_features
+
+    records = list(load_task("text2sql", seed=0)["train"].select(range(12)))
+    path = write_records(records, tmp_path / "mine.jsonl")
+    config = TrainConfig(method="full", steps=3, train_file=str(path), **FAST)
+    assert len(training_features(tiny[1], config)) == 12  # the file's records, not the task's 718
+    store = RunStore(tmp_path / "runs")
+    first = train(config, base=tiny, store=store, progress=False)
+    assert first["status"] == "ok" and not first["reused"]
+    moved = write_records(records, tmp_path / "elsewhere" / "same.jsonl")
+    assert train(config.replace(train_file=str(moved)), base=tiny, store=store, progress=False)["reused"]
+    write_records(records[:10], path)  # edited records: a different run
+    edited = train(config, base=tiny, store=store, progress=False)
+    assert not edited["reused"] and edited["key"] != first["key"]
+    assert len(training_features(tiny[1], config)) == 10
+    write_records(records[:6], path)  # fewer records than one batch: refused, not an endless wait
+    with pytest.raises(ConfigError, match="train-file.*at least batch_size \\(8\\) records.*6 records"):
+        train(config, base=tiny, store=store, progress=False)
+    assert TrainConfig(**FAST).key() == TrainConfig(train_file=None, **FAST).key()
 
 
 def test_multitask_evaluates_each_task(tiny):

@@ -81,6 +81,8 @@ CHECKS = {
     ],
     "07_data_eval": [
         ("cleaning removes records", lambda r: r["cleaned_records"] < r["noisy_records"]),
+        ("the engine trains on the noisy and the cleaned file",
+         lambda r: r["run_status_noisy"] == r["run_status_cleaned"] == "ok" and _finite(r["eval_loss_cleaned"])),
         ("augmentation adds records", lambda r: r["augmented_added"] > 0),
         ("the database answers the reference query", lambda r: r["reference_query_runs"] is True),
         ("scores are fractions", lambda r: 0 <= r["exec_acc_before"] <= 1 and 0 <= r["exec_acc_after"] <= 1),

@@ -1132,20 +1132,33 @@ def lab07() -> list:
         record("noisy_records", len(noisy))
         record("cleaned_records", len(cleaned))
         """),
+        md("""
+        Each version is saved as a JSONL file (one record per line, the format instruction
+        datasets share) and trained by the same engine as every other run, with
+        `TrainConfig(train_file=...)` (`labkit train --train-file` on the command line): the
+        file's records replace the task's training split, the task's eval split still scores it.
+        The run store keys the run by the file's *content*, so the noisy and the cleaned runs are
+        told apart and each is reused when you run the lab again.
+        """),
         code("""
-        from labkit.notebook import own_loop
-        from labkit.tasks import evaluate_model
-        eval_set = list(data["eval"].select(range(EVAL_EXAMPLES)))
+        from labkit.data.records import write_records
+        from labkit.home import cache_dir
         results = {}
         for name, records in (("noisy", noisy), ("cleaned", cleaned)):
-            model = load_model(MODEL)
-            losses = own_loop(model, tokenizer, records, steps=STEPS, batch_size=4, lr=LR, seed=SEED)
-            results[name] = {"losses": losses, **evaluate_model(model, tokenizer, "text2sql", eval_set)}
+            path = write_records(records, cache_dir("records") / f"lab07_{name}.jsonl")
+            results[name] = train(TrainConfig(model=MODEL, method="full", train_file=str(path), steps=STEPS,
+                                              batch_size=4, seq_len=160, lr=LR, warmup_steps=STEPS // 10,
+                                              eval_examples=EVAL_EXAMPLES, precision=LAB.precision, seed=SEED),
+                                  store=STORE, progress=PROGRESS)
         curves({k: v["losses"] for k, v in results.items()}, title="Fine-tuning on noisy vs cleaned data").show()
-        display(table([{"data": k, "eval loss": v["loss"], "exact match": v["exact_match"],
-                        "execution accuracy": v["execution_accuracy"]} for k, v in results.items()]))
-        record("eval_loss_noisy", results["noisy"]["loss"])
-        record("eval_loss_cleaned", results["cleaned"]["loss"])
+        display(table([{"data": k, "records": n, "status": v["status"], "eval loss": v["eval"].get("loss"),
+                        "exact match": v["eval"].get("exact_match"),
+                        "execution accuracy": v["eval"].get("execution_accuracy")}
+                       for (k, v), n in zip(results.items(), (len(noisy), len(cleaned)))]))
+        record("run_status_noisy", results["noisy"]["status"])
+        record("run_status_cleaned", results["cleaned"]["status"])
+        record("eval_loss_noisy", results["noisy"]["eval"].get("loss"))
+        record("eval_loss_cleaned", results["cleaned"]["eval"].get("loss"))
         """),
         code('takeaway("Corrupted answers and duplicates teach the wrong thing or overweight a few examples; cleaning is cheap compared with the training it saves.")'),
         md("""
@@ -1172,6 +1185,8 @@ def lab07() -> list:
         gap between it and execution accuracy is the entity values the model failed to copy.
         """),
         code("""
+        from labkit.tasks import evaluate_model
+        eval_set = list(data["eval"].select(range(EVAL_EXAMPLES)))
         base = load_model(MODEL)
         before = evaluate_model(base, tokenizer, "text2sql", eval_set, return_predictions=True)
         after_run = train(TrainConfig(model=MODEL, method="lora", rank=8, steps=STEPS, batch_size=4, seq_len=160,

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from labkit.data.records import FIELDS
+
 Record = dict[str, Any]
-FIELDS = ("instruction", "input", "output")
 NOISE_KINDS = ("typo", "corrupt_output", "missing_field", "duplicate", "near_duplicate")
 AUGMENT_KINDS = ("paraphrase", "entity_swap")
 
@@ -95,7 +96,7 @@ def inject_noise(
                 change.update(field="output", detail="truncated")
         elif kind == "missing_field":
             field = rng.choice(("input", "output"))
-            rec[field] = None if field == "output" else ""
+            rec[field] = ""  # what a broken export writes; still a valid record to train on
             change.update(field=field, detail="emptied")
         elif kind == "duplicate":
             appended.append(dict(rec))

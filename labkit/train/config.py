@@ -10,7 +10,10 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from labkit.data.records import file_digest
 
 METHODS = ("full", "lora", "qlora")
 PRECISIONS = ("fp32", "amp-fp16", "amp-fp16-scaled", "amp-bf16", "bf16", "fp16")
@@ -78,6 +81,7 @@ class TrainConfig:
     data_seed: int = 0  # fixes the train/eval split, so runs with different seeds share one eval set
     split: str = "entity"  # entity: eval entity values unseen; template: whole question templates unseen
     train_examples: int | None = None  # None: the whole train split
+    train_file: str | None = None  # JSONL instruction records to train on instead of the task's train split
     eval_examples: int = 40
     max_new_tokens: int = 64
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, part of the key
@@ -108,6 +112,10 @@ class TrainConfig:
         _int_range("max_new_tokens", self.max_new_tokens, 1, 100_000)
         if self.train_examples is not None:
             _int_range("train_examples", self.train_examples, 1, 100_000_000)
+        if self.train_file is not None and (not isinstance(self.train_file, str) or not self.train_file.strip()):
+            raise ConfigError("train_file", "a path to a JSONL file of instruction/input/output records", self.train_file)
+        if self.train_file is not None and "+" in self.task:
+            raise ConfigError("train_file", "used with one task (it replaces that task's train split)", self.train_file)
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("dropout", "in [0, 1)", self.dropout)
         if self.lr is not None and not (0.0 < self.lr < 10.0):
@@ -162,8 +170,17 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def key(self) -> str:
-        """A stable hash of everything that changes the result (the run-store id)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=str)
+        """A stable hash of everything that changes the result (the run-store id).
+
+        A ``train_file`` counts by its content, not its path: edit the records and the run is new;
+        move the file and the finished run is still found.
+        """
+        data = self.to_dict()
+        if self.train_file is None:
+            del data["train_file"]  # runs stored before the option existed keep their keys
+        elif Path(self.train_file).is_file():
+            data["train_file"] = "sha256:" + file_digest(self.train_file)
+        blob = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

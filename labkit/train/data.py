@@ -6,7 +6,8 @@ from typing import Any, Iterator
 
 import torch
 
-from labkit.train.config import TrainConfig
+from labkit.data.records import RecordsError, file_digest, read_records
+from labkit.train.config import ConfigError, TrainConfig
 
 
 def task_names(task: str) -> list[str]:
@@ -24,7 +25,7 @@ def training_features(tokenizer: Any, config: TrainConfig) -> list[dict[str, lis
     """
     key = (
         getattr(tokenizer, "name_or_path", ""), len(tokenizer), config.task, config.data_seed, config.split,
-        config.train_examples, config.seq_len,
+        config.train_examples, config.seq_len, file_digest(config.train_file) if config.train_file else None,
     )
     if key not in _FEATURE_CACHE:
         _FEATURE_CACHE[key] = _tokenize_tasks(tokenizer, config)
@@ -36,11 +37,27 @@ def _tokenize_tasks(tokenizer: Any, config: TrainConfig) -> list[dict[str, list[
 
     features: list[dict[str, list[int]]] = []
     for name in task_names(config.task):
-        train = load_task(name, seed=config.data_seed, split=config.split)["train"]
+        if config.train_file is not None:  # your own records; the task still evaluates
+            train = read_records(config.train_file)
+        else:
+            train = list(load_task(name, seed=config.data_seed, split=config.split)["train"])
         if config.train_examples is not None:
-            train = train.select(range(min(config.train_examples, len(train))))
-        features += tokenize_for_training(tokenizer, list(train), config.seq_len)
+            train = train[: config.train_examples]
+        features += tokenize_for_training(tokenizer, train, config.seq_len)
     return features
+
+
+def check_train_file(config: TrainConfig) -> None:
+    """Refuse a missing or malformed ``train_file``, or one smaller than a batch, before any model is loaded."""
+    if config.train_file is None:
+        return
+    try:
+        records = read_records(config.train_file)
+    except RecordsError as error:
+        raise ConfigError("train_file", "a JSONL file of instruction/input/output records", str(error)) from None
+    n = len(records) if config.train_examples is None else min(len(records), config.train_examples)
+    if n < config.batch_size:
+        raise ConfigError("train_file", f"at least batch_size ({config.batch_size}) records", f"{n} records")
 
 
 def eval_examples(config: TrainConfig) -> dict[str, list[dict[str, Any]]]:
@@ -65,8 +82,17 @@ def batches(
     """Endless shuffled micro-batches: a fresh permutation per epoch, fixed by ``seed``.
 
     With several processes (DDP) each takes every ``world_size``-th batch of the same order,
-    so together they see exactly what one process with a bigger batch would.
+    so together they see exactly what one process with a bigger batch would. Fewer features
+    than ``batch_size`` is refused at once (no full batch could ever be drawn).
     """
+    if len(features) < batch_size:
+        raise ValueError(f"batch_size: must be at most the {len(features)} training examples; got {batch_size}")
+    return _batches(features, batch_size, pad_id, seed, rank, world_size)
+
+
+def _batches(
+    features: list[dict[str, list[int]]], batch_size: int, pad_id: int, seed: int, rank: int, world_size: int
+) -> Iterator[dict[str, torch.Tensor]]:
     from labkit.tasks import collate
 
     generator = torch.Generator().manual_seed(seed)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from labkit.device import resolve_device
 from labkit.train import distributed
 from labkit.train.config import ConfigError, TrainConfig
-from labkit.train.data import batches, eval_examples, task_names, training_features
+from labkit.train.data import batches, check_train_file, eval_examples, task_names, training_features
 from labkit.train.optim import build_optimizer, build_schedule
 from labkit.train.precision import DTYPES, policy
 from labkit.train.store import RunStore
@@ -51,6 +51,7 @@ def train(
     finished run with the same config instead of retraining, and save this one. ``prepare``:
     applied to the model before the optimizer is built (e.g. fake quantization for QAT).
     """
+    check_train_file(config)
     if store is not None:
         record = store.get(config)
         if record is not None:

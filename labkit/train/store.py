@@ -56,8 +56,9 @@ class RunStore:
 
     def put(self, record: dict[str, Any]) -> Path:
         """Save a record atomically (any status: failed runs are kept for the record)."""
-        config = TrainConfig.from_dict(record["config"])
-        path = self.run_dir(config) / "record.json"
+        # The key the run started under: a train_file edited mid-run must not re-file the record.
+        key = record.get("key") or TrainConfig.from_dict(record["config"]).key()
+        path = self.root / key / "record.json"
         atomic_write_json(path, json_safe(record))
         return path
 
