@@ -22,6 +22,7 @@ from labkit.train.config import (
     SCHEDULES,
     ConfigError,
 )
+from labkit.tasks.evaluate import MAX_NEW_TOKENS
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -72,7 +73,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-file", default=None,
                         help="JSONL of instruction/input/output records to train on (the task still evaluates)")
     parser.add_argument("--eval-examples", type=int, default=40)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
     parser.add_argument("--runs", default=None, help="run store folder (default: LABKIT_HOME/runs)")
     parser.add_argument("--no-store", action="store_true", help="neither reuse nor save runs")
     parser.add_argument("--json", action="store_true", help="print the run record as JSON")

@@ -26,6 +26,7 @@ from torch import nn
 from labkit.merge.adapters import full_state_dict
 from labkit.merge.methods import METHODS, merge
 from labkit.merge.path import MergePath, build_path
+from labkit.tasks.evaluate import MAX_NEW_TOKENS
 
 StateDict = Mapping[str, torch.Tensor]
 
@@ -39,7 +40,7 @@ class TaskEvaluator:
     """
 
     def __init__(self, template: nn.Module, tokenizer: Any, task_a: str, task_b: str, *, n_eval: int = 24,
-                 seed: int = 0, max_new_tokens: int = 64, batch_size: int = 24) -> None:
+                 seed: int = 0, max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 24) -> None:
         from labkit.tasks import load_task
 
         self.model = copy.deepcopy(template).eval()

@@ -21,8 +21,9 @@ from typing import Any, Sequence
 
 import torch
 
-from labkit.quant.metrics import error_metrics
 from labkit.quant.methods import quantize
+from labkit.quant.metrics import error_metrics
+from labkit.tasks.evaluate import MAX_NEW_TOKENS
 
 __all__ = [
     "DEFAULT_SKIP", "linear_layers", "quantize_model_", "quantized_copy", "load_bnb", "eval_loss",
@@ -122,7 +123,7 @@ def eval_loss(model: torch.nn.Module, tokenizer: Any, examples: list[dict[str, A
 
 
 def evaluate_quality(model: torch.nn.Module, tokenizer: Any, task: str, examples: list[dict[str, Any]], *,
-                     accuracy: bool = True, max_new_tokens: int = 64) -> dict[str, Any]:
+                     accuracy: bool = True, max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, Any]:
     """``eval_loss`` and (optionally) the task's accuracy by greedy generation."""
     out: dict[str, Any] = {"eval_loss": eval_loss(model, tokenizer, examples)}
     if accuracy:

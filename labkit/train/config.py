@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from labkit.data.records import file_digest
+from labkit.tasks.evaluate import MAX_NEW_TOKENS
 
 METHODS = ("full", "lora", "qlora")
 PRECISIONS = ("fp32", "amp-fp16", "amp-fp16-scaled", "amp-bf16", "bf16", "fp16")
@@ -83,7 +84,7 @@ class TrainConfig:
     train_examples: int | None = None  # None: the whole train split
     train_file: str | None = None  # JSONL instruction records to train on instead of the task's train split
     eval_examples: int = 40
-    max_new_tokens: int = 64
+    max_new_tokens: int = MAX_NEW_TOKENS  # greedy answers may run this long (labkit.tasks.evaluate)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form, part of the key
 
     def __post_init__(self) -> None:
