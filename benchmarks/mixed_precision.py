@@ -1,6 +1,6 @@
 """Measure the mixed-precision comparison: the same fine-tuning of ``tiny`` under each precision policy.
 
-    python benchmarks/mixed_precision.py --steps 30 --loss-multiplier 1e-3 --out mixed.json
+    python benchmarks/mixed_precision.py --steps 30 --loss-multiplier 1e-5 --out mixed.json
     python benchmarks/mixed_precision.py --steps 30 --loss-multiplier 1          # no underflow push
 
 Prints the Markdown table of :func:`labkit.precision.mixed.format_table` (final loss, inf/NaN steps,
@@ -17,6 +17,8 @@ import math
 import sys
 import time
 
+from labkit.precision.mixed import UNDERFLOW_MULTIPLIER
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--loss-multiplier", type=float, default=1e-3)
+    parser.add_argument("--loss-multiplier", type=float, default=UNDERFLOW_MULTIPLIER)
     parser.add_argument("--device", default=None)
     parser.add_argument("--ranges", action="store_true", help="also print fp16 range fractions of the gradients")
     parser.add_argument("--out", default=None, help="write the runs and table as JSON here")

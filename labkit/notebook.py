@@ -248,6 +248,35 @@ def curves(
     return fig
 
 
+def head_maps(scores: dict[str, list[dict[str, Any]]], *, height: int = 300) -> Any:
+    """Heatmaps of :func:`labkit.models.circuits.head_scores`, one row of panels per model.
+
+    ``scores``: ``{"model name": head_scores(model)}``. Left: attention to the previous token;
+    right: induction (attention to the token after the earlier occurrence). A bright cell is a
+    head doing that job.
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    names = list(scores)
+    kinds = ("previous_token", "induction")
+    fig = make_subplots(rows=len(names), cols=2, horizontal_spacing=0.12, vertical_spacing=0.5 / max(len(names), 1),
+                        subplot_titles=[f"{n}: {k.replace('_', ' ')}" for n in names for k in kinds])
+    for r, name in enumerate(names, start=1):
+        rows = scores[name]
+        layers = sorted({row["layer"] for row in rows})
+        heads = sorted({row["head"] for row in rows})
+        for c, kind in enumerate(kinds, start=1):
+            grid = [[next(x[kind] for x in rows if x["layer"] == layer and x["head"] == head) for head in heads]
+                    for layer in layers]
+            fig.add_trace(go.Heatmap(z=grid, x=[f"head {h}" for h in heads], y=[f"layer {lyr}" for lyr in layers],
+                                     zmin=0, zmax=1, colorscale="Viridis", showscale=(r == 1 and c == 2),
+                                     text=[[f"{v:.2f}" for v in line] for line in grid], texttemplate="%{text}"),
+                          row=r, col=c)
+    fig.update_layout(height=height * len(names), margin={"t": 60})
+    return fig
+
+
 def volatility(losses: list[float]) -> float:
     """How jumpy a loss curve is: the standard deviation of step-to-step changes.
 

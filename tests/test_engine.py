@@ -29,23 +29,25 @@ def test_causal_lm_loss_matches_transformers(tiny):
     assert torch.allclose(ours, out.loss, atol=1e-5)
 
 
-def test_full_finetune_learns_text2sql_far_beyond_the_base(tiny):
-    """Loss on held-out questions falls far below the base's, and tuned tiny writes the right query
-    (exact match without values) where the base writes none. Its execution accuracy stays at 0:
-    it cannot copy an unseen entity value from the question (``benchmarks/copy_probe.py``: no
-    induction heads), so the test pins that gap. SmolLM2's test below asserts the accuracy gain."""
+def test_full_finetune_beats_the_base_on_execution_accuracy(tiny):
+    """On 40 held-out questions whose entity values never occur in training, fine-tuned tiny runs
+    to the right rows where the base gets none: it writes the query and copies the name from the
+    question (the induction circuit planted in tiny; 0.22-0.30 measured over fine-tune seeds 0-2).
+    Exact match without values is higher still: the misses are mostly a wrongly copied name."""
     from labkit.tasks import evaluate_model, load_task
 
-    config = TrainConfig(method="full", steps=300, lr=1e-3, **{**FAST, "eval_examples": 20})
+    config = TrainConfig(method="full", steps=300, lr=5e-4, **{**FAST, "eval_examples": 40})
     record = train(config, base=tiny, progress=False)
     assert record["status"] == "ok"
     assert fell(record["losses"], 0.35), record["losses"][:5] + record["losses"][-5:]
-    examples = list(load_task("text2sql", seed=0)["eval"].select(range(20)))
+    examples = list(load_task("text2sql", seed=0)["eval"].select(range(40)))
     base_metrics = evaluate_model(tiny[0], tiny[1], "text2sql", examples)
-    assert record["eval"]["loss"] < 0.3 * base_metrics["loss"]
-    assert base_metrics["exact_match_no_values"] == 0.0
-    assert record["eval"]["exact_match_no_values"] >= 0.4, record["eval"]
-    assert record["eval"]["execution_accuracy"] <= record["eval"]["exact_match_no_values"]
+    tuned = record["eval"]
+    assert base_metrics["execution_accuracy"] == 0.0 and base_metrics["exact_match_no_values"] == 0.0
+    assert tuned["execution_accuracy"] >= 0.1, tuned
+    assert tuned["exact_match_no_values"] >= 0.4, tuned
+    assert tuned["execution_accuracy"] <= tuned["exact_match_no_values"]
+    assert tuned["loss"] < 0.1 * base_metrics["loss"]
     assert record["params"]["trainable"] == record["params"]["total"]
 
 
@@ -183,10 +185,7 @@ def test_multitask_evaluates_each_task(tiny):
 def test_smollm2_lora_beats_its_base_on_execution_accuracy():
     """The real SmolLM2-135M (fetched from PyPI, converted once): 40 LoRA steps on CPU take it from
     0 correct queries to many, on held-out questions whose entity values it never saw in training.
-
-    (``tiny`` cannot do this yet: it has not learned to copy an unseen name from the question into
-    the query — see ``benchmarks/copy_probe.py`` — so its test checks the loss gap and exact match
-    without values instead.)
+    Its answers are at most 80 of its tokens, so generation stops at 96 (the untuned base rambles).
     """
     from labkit.models import load_model, load_tokenizer
     from labkit.tasks import evaluate_model, load_task
@@ -194,14 +193,14 @@ def test_smollm2_lora_beats_its_base_on_execution_accuracy():
     base = load_model("smollm2-135m"), load_tokenizer("smollm2-135m")
     config = TrainConfig(
         model="smollm2-135m", task="text2sql", method="lora", rank=8, steps=40, batch_size=4, lr=1e-3,
-        warmup_steps=5, eval_examples=20,
+        warmup_steps=5, eval_examples=20, max_new_tokens=96,
     )
     record = train(config, base=base, progress=False)
     assert record["status"] == "ok", record.get("error")
     assert fell(record["losses"], 0.5)
     assert record["params"]["total"] > 130_000_000
     examples = list(load_task("text2sql", seed=0)["eval"].select(range(20)))
-    before = evaluate_model(*base, "text2sql", examples)
+    before = evaluate_model(*base, "text2sql", examples, max_new_tokens=96)
     after = record["eval"]
     assert after["execution_accuracy"] >= 0.2, after
     assert after["execution_accuracy"] > before["execution_accuracy"], (before, after)

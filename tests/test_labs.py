@@ -38,6 +38,8 @@ CHECKS = {
         ("training needs more memory than inference", lambda r: r["train_over_inference_peak"] > 1),
         ("the fine-tune finishes", lambda r: r["finetune_status"] == "ok"),
         ("the copy probe gives a ratio", lambda r: 0 < r["copy_ratio"] < 2),
+        ("pretrained tiny copies, random weights do not",
+         lambda r: r["copy_ratio_tiny"] < 0.9 < r["copy_ratio_random_init"]),
         ("own loop and Trainer both train", lambda r: _finite(r["own_loop_last_loss"]) and _finite(r["trainer_last_loss"])),
     ],
     "01_memory": [

@@ -103,6 +103,21 @@ def test_tiny_tokenizer_round_trip_and_chat_template(tiny):
     assert ids.count(1) == 2 and ids.count(2) == 2  # the ChatML markers are single special tokens
 
 
+def test_tiny_tokenizer_spells_a_name_the_same_in_a_sentence_and_in_sql_quotes(tiny):
+    """GPT-2's pre-tokenizer would give ' India' -> ĠI·nd·ia but 'India' -> Ind·ia: copying needs re-spelling."""
+    _, tok = tiny
+    for name in ("India", "Tucson", "TV Shows", "Surfing with the Alien", "2008", "Titãs"):
+        in_sentence = tok.tokenize(f"How many customers live in {name}?")
+        in_sql = tok.tokenize(f"WHERE Country = '{name}'")
+        value = tok.tokenize(name)
+        assert _contains(in_sentence, value) and _contains(in_sql, value), (name, in_sentence, in_sql)
+    assert tok.tokenize(" many")[0].startswith("Ġ")  # lowercase words keep their space, as in GPT-2
+
+
+def _contains(tokens: list[str], part: list[str]) -> bool:
+    return any(tokens[i : i + len(part)] == part for i in range(len(tokens) - len(part) + 1))
+
+
 # --- tiny config and pretraining -------------------------------------------------------------
 
 
@@ -140,12 +155,19 @@ def test_pretraining_is_deterministic_and_saves_a_loadable_model(tmp_path):
     assert model.config.pad_token_id == 3 and model.generation_config.eos_token_id == [0, 2]
     with pytest.raises(ValueError, match="seq_len"):
         pretrain_tiny(tmp_path / "d", seq_len=4096)
+    with pytest.raises(ValueError, match="copy_fraction"):
+        pretrain_tiny(tmp_path / "d", copy_fraction=1.5)
+    plain = pretrain_tiny(tmp_path / "e", seed=0, induction_circuit=False, copy_fraction=0.0, **kw)
+    assert plain["induction_circuit"] is None and a["induction_circuit"]["induction_head"] == [1, 0]
+    assert plain["losses"] != a["losses"]
 
 
 def test_the_shared_tiny_was_really_pretrained(tiny):
     model, tok = tiny
     record = json.loads((Path(resolve_model("tiny")) / "pretraining.json").read_text())
-    assert record["initial_loss"] > 7.5  # ~ln(4096) = 8.3 at random init
+    # near ln(4096) = 8.3 at initialisation; lower because the planted circuit already predicts
+    # the second copy of the repeated spans in half of the windows
+    assert record["initial_loss"] > 6.0
     assert record["final_loss"] < record["initial_loss"] - 2.0
     assert math.isfinite(record["val_loss"]) and record["val_loss"] < record["initial_loss"] - 2.0
     assert record["tokens_seen"] == record["steps"] * record["batch_size"] * record["seq_len"]

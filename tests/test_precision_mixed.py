@@ -53,20 +53,20 @@ def test_a_failed_run_does_not_stop_the_sweep():
 
 
 def test_real_runs_show_fp16_gradient_underflow():
-    """Three steps each on tiny: with the loss shrunk 1000×, fp16 autocast flushes activation gradients
-    below 2^-24 to zero, so a third of the layers' weight-gradient entries are exactly zero (the total
+    """Three steps each on tiny: with the loss shrunk 10^5×, fp16 autocast flushes activation gradients
+    below 2^-24 to zero, so half of the layers' weight-gradient entries are exactly zero (the total
     norm hides it: the LM head's gradient survives); GradScaler's 2^16 and bf16 bring them back."""
     from labkit.models import load_model, load_tokenizer
 
     base = (load_model("tiny"), load_tokenizer("tiny"))
-    config = demo_config(steps=3, batch_size=2, seq_len=64, train_examples=16, loss_multiplier=1e-3)
+    config = demo_config(steps=3, batch_size=2, seq_len=64, train_examples=16)  # UNDERFLOW_MULTIPLIER
     result = compare_precisions(config, ["fp32", "amp-fp16", "amp-fp16-scaled", "amp-bf16"], base=base,
                                 device="cpu")
     runs = result["runs"]
     assert all(r["status"] == "ok" for r in runs.values()), {p: r.get("error") for p, r in runs.items()}
     zeros = {p: r["steps"][0]["zero_grad_fraction"] for p, r in runs.items()}
-    # measured: fp32 0%, amp-fp16 33%, amp-fp16-scaled 0.01%, amp-bf16 0.0003% of layer-weight gradients zero
-    assert zeros["amp-fp16"] > 0.2 and zeros["fp32"] < 0.01, zeros  # layer gradients flushed to zero
+    # measured: fp32 0%, amp-fp16 55%, amp-fp16-scaled 0.002%, amp-bf16 0% of layer-weight gradients zero
+    assert zeros["amp-fp16"] > 0.3 and zeros["fp32"] < 0.01, zeros  # layer gradients flushed to zero
     assert zeros["amp-fp16-scaled"] < 0.05 and zeros["amp-bf16"] < 0.01, zeros
     norms = {p: r["steps"][0]["grad_norm"] for p, r in runs.items()}
     assert norms["amp-fp16-scaled"] == pytest.approx(norms["fp32"], rel=0.2), norms  # unscaled back

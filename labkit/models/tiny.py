@@ -5,11 +5,19 @@ next token of public-domain text (Shakespeare plus Python's reference manual for
 English and code). Every fine-tuning lab then starts from this base, exactly as it would from a
 downloaded checkpoint: same architecture family as SmolLM2/Llama (RMSNorm, RoPE, SwiGLU, GQA,
 tied embeddings), same ChatML chat template, loaded through the same ``AutoModelForCausalLM``.
+
+One thing a real base model has that minutes of pretraining cannot grow is the ability to copy
+from its context (induction heads), and text-to-SQL on unseen names needs exactly that. So tiny
+starts with an induction circuit written into its initial weights
+(:mod:`labkit.models.circuits`), and half of its pretraining windows open with a span said
+twice, so keeping the circuit pays. Without both, fine-tuned tiny writes the right query with an
+invented name (execution accuracy 0); with them it copies the name (see ``benchmarks/copy_probe.py``).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import shutil
@@ -25,18 +33,28 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 
 from labkit.data.corpus import corpus_split, generic_texts, shakespeare_texts
 from labkit.home import atomic_write_json, cache_dir, file_lock
+from labkit.models.circuits import head_scores, plant_induction_circuit
 from labkit.models.tokenizer import IM_END, PAD_TOKEN, SPECIAL_IDS, VOCAB_SIZE, EOS_TOKEN, train_tokenizer
 
 # Defaults: a build must finish inside 3 minutes on 2 CPU cores. One step of 8 x 128 tokens
 # costs ~0.4 CPU-seconds here (single thread), so 300 steps take ~1.5-2 minutes with prep,
 # evaluation and saving. At equal tokens (409,600), 400 steps of 8 reached val loss 5.11 and
 # 200 steps of 16 only 5.37 (lr 1.5e-3: 5.50): more, smaller steps win at this scale.
+# lr 1e-3, not 3e-3: at 3e-3 the planted induction circuit is lost in the first 60 steps.
 DEFAULT_STEPS = 300
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_SEQ_LEN = 128
-DEFAULT_LR = 3e-3
+DEFAULT_LR = 1e-3
 GENERIC_FRACTION = 0.25  # share of training windows drawn from the generic (pydoc) text
+# Share of windows whose opening span (8 to seq_len/2 tokens) is repeated right after itself: the
+# second copy is predictable only by copying, so the induction circuit earns its keep. At 0.25
+# the circuit survived for some seeds and not others; at 0.5 for every seed tried.
+COPY_FRACTION = 0.5
+ROPE_THETA = 500_000.0  # as Llama 3: slow-turning RoPE dimensions let a head compare tokens far apart
 RECORD_FILE = "pretraining.json"
+# Bumped whenever the recipe changes what a default build is (tokenizer, init, data, defaults):
+# a shared build from an older recipe is rebuilt instead of silently reused.
+RECIPE = 2  # 2: space-apart tokenizer, planted induction circuit, repeated spans, lr 1e-3, RoPE 5e5
 SAMPLE_PROMPTS = ("Enter HAMLET.", "O Romeo,", "The function")
 
 
@@ -60,7 +78,7 @@ def tiny_config() -> LlamaConfig:
         bos_token_id=SPECIAL_IDS[EOS_TOKEN],
         eos_token_id=SPECIAL_IDS[EOS_TOKEN],
         pad_token_id=SPECIAL_IDS[PAD_TOKEN],
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
         initializer_range=0.02,
         architectures=["LlamaForCausalLM"],
         dtype="float32",
@@ -82,8 +100,14 @@ def default_tiny_dir() -> Path:
 
 
 def is_built(folder: Path) -> bool:
-    """A finished build: the record is written last, and the folder is renamed into place whole."""
-    return (Path(folder) / RECORD_FILE).is_file() and (Path(folder) / "model.safetensors").is_file()
+    """A finished build of today's recipe: the record is written last, the folder renamed into place whole."""
+    record_file = Path(folder) / RECORD_FILE
+    if not (record_file.is_file() and (Path(folder) / "model.safetensors").is_file()):
+        return False
+    try:
+        return json.loads(record_file.read_text()).get("recipe") == RECIPE
+    except (OSError, ValueError):
+        return False
 
 
 def _threads(num_threads: int | None) -> int:
@@ -127,15 +151,28 @@ def prepare_data(seed: int = 0) -> dict[str, Any]:
 
 
 def _sample_batch(
-    train: dict[str, torch.Tensor], batch_size: int, seq_len: int, gen: torch.Generator, generic_fraction: float
+    train: dict[str, torch.Tensor],
+    batch_size: int,
+    seq_len: int,
+    gen: torch.Generator,
+    generic_fraction: float,
+    copy_fraction: float = 0.0,
 ) -> torch.Tensor:
-    """``batch_size`` random windows of ``seq_len + 1`` tokens, a share from the generic text."""
+    """``batch_size`` random windows of ``seq_len + 1`` tokens, a share from the generic text.
+
+    A ``copy_fraction`` share of the windows open with a span of themselves said twice
+    (``A B C … A B C …``): text the model can only predict the second time by copying.
+    """
     rows = []
     for _ in range(batch_size):
         use_generic = torch.rand((), generator=gen).item() < generic_fraction
         stream = train["generic" if use_generic else "shakespeare"]
         start = int(torch.randint(0, len(stream) - seq_len - 1, (), generator=gen))
-        rows.append(stream[start : start + seq_len + 1])
+        row = stream[start : start + seq_len + 1].clone()
+        if torch.rand((), generator=gen).item() < copy_fraction:
+            span = int(torch.randint(8, max(9, (seq_len + 1) // 2), (), generator=gen))
+            row[span : 2 * span] = row[:span]
+        rows.append(row)
     return torch.stack(rows)
 
 
@@ -221,6 +258,8 @@ def _pretrain_into(
     eval_every: int | None,
     num_threads: int | None,
     sample_prompts: tuple[str, ...] = SAMPLE_PROMPTS,
+    induction_circuit: bool = True,
+    copy_fraction: float = COPY_FRACTION,
 ) -> dict[str, Any]:
     """Pretrain ``tiny`` from random weights and save everything into ``folder``."""
     from tqdm.auto import tqdm
@@ -237,6 +276,7 @@ def _pretrain_into(
 
         torch.manual_seed(seed)
         model = LlamaForCausalLM(tiny_config())
+        circuit = plant_induction_circuit(model) if induction_circuit else None
         model.generation_config = tiny_generation_config()
         model.train()
         decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -257,7 +297,7 @@ def _pretrain_into(
         for step in bar:
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, steps, lr)
-            batch = _sample_batch(data["train"], batch_size, seq_len, gen, GENERIC_FRACTION)
+            batch = _sample_batch(data["train"], batch_size, seq_len, gen, GENERIC_FRACTION, copy_fraction)
             loss = _loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -288,15 +328,22 @@ def _pretrain_into(
             {"prompt": p, "text": sample_text(model, tokenizer, p, seed=seed)} for p in sample_prompts
         ]
         n_params = sum(p.numel() for p in model.parameters())
+        heads = head_scores(model)
+        best = max(heads, key=lambda h: h["induction"])
         tail = losses[-min(10, len(losses)) :]
         result: dict[str, Any] = {
             "model": "tiny",
+            "recipe": RECIPE,
             "seed": seed,
             "steps": steps,
             "batch_size": batch_size,
             "seq_len": seq_len,
             "lr": lr,
             "generic_fraction": GENERIC_FRACTION,
+            "copy_fraction": copy_fraction,
+            "induction_circuit": circuit,  # what was planted at initialisation (None: plain random init)
+            "head_scores": heads,  # per head: attention to the previous token / to the induction target
+            "induction_score": best["induction"],
             "params": n_params,
             "losses": losses,
             "initial_loss": losses[0],
@@ -364,6 +411,8 @@ def pretrain_tiny(
     eval_every: int | None = None,
     num_threads: int | None = None,
     sample_prompts: tuple[str, ...] = SAMPLE_PROMPTS,
+    induction_circuit: bool = True,
+    copy_fraction: float = COPY_FRACTION,
 ) -> dict[str, Any]:
     """Pretrain ``tiny`` from scratch (real next-token training) and save it into ``out_dir``.
 
@@ -373,8 +422,10 @@ def pretrain_tiny(
     a file lock, so other processes never see half a model. ``callback(step_record)`` is called
     after every optimizer step (keys: step, loss, grad_norm, lr, tokens_seen, seconds, and
     val_loss on evaluation steps). ``sample_prompts`` are continued after training and the
-    samples saved in the record (what the model learned to write). ``seed`` drives the initial weights and the batches (the corpus
-    split and tokenizer are fixed): same seed and thread count → identical losses.
+    samples saved in the record (what the model learned to write). ``seed`` drives the initial
+    weights and the batches (the corpus split and tokenizer are fixed): same seed and thread
+    count → identical losses. ``induction_circuit=False`` starts from plain random weights and
+    ``copy_fraction=0`` pretrains on text alone: the controls that show what each is for.
     """
     for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("seq_len", seq_len, 8)):
         if not isinstance(value, int) or value < low:
@@ -383,6 +434,8 @@ def pretrain_tiny(
         raise ValueError(f"seq_len: must be <= 512 (tiny's max_position_embeddings); got {seq_len}")
     if not lr > 0:
         raise ValueError(f"lr: must be > 0; got {lr!r}")
+    if not 0.0 <= copy_fraction <= 1.0:
+        raise ValueError(f"copy_fraction: must be in [0, 1]; got {copy_fraction!r}")
     target = Path(out_dir) if out_dir is not None else default_tiny_dir()
     target.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(target.parent / f".{target.name}.lock"):
@@ -398,6 +451,8 @@ def pretrain_tiny(
             eval_every=eval_every,
             num_threads=num_threads,
             sample_prompts=tuple(sample_prompts),
+            induction_circuit=induction_circuit,
+            copy_fraction=copy_fraction,
         )
 
 

@@ -174,9 +174,14 @@ class TrainConfig:
         """A stable hash of everything that changes the result (the run-store id).
 
         A ``train_file`` counts by its content, not its path: edit the records and the run is new;
-        move the file and the finished run is still found.
+        move the file and the finished run is still found. ``tiny`` counts by its build recipe, so
+        runs on an older ``tiny`` are not reused for today's.
         """
         data = self.to_dict()
+        if self.model == "tiny":
+            from labkit.models.tiny import RECIPE
+
+            data["base_recipe"] = RECIPE
         if self.train_file is None:
             del data["train_file"]  # runs stored before the option existed keep their keys
         elif Path(self.train_file).is_file():
