@@ -192,12 +192,13 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, n_targets: int) -
     """Next-token cross-entropy: position t predicts token t+1; masked (-100) labels are skipped.
 
     Logits are upcast to fp32 (as transformers does) so the loss is accurate in any precision.
-    Dividing the summed loss by the token count of the whole effective batch keeps
-    gradient accumulation exactly equivalent to one large batch.
+    The labels are shifted, not the logits (a ``logits[:, :-1]`` slice would copy the largest
+    tensor of the step). Dividing the summed loss by the token count of the whole effective batch
+    keeps gradient accumulation exactly equivalent to one large batch.
     """
-    shifted_logits = logits[:, :-1].float().flatten(0, 1)
-    shifted_labels = labels[:, 1:].flatten()
-    return F.cross_entropy(shifted_logits, shifted_labels, ignore_index=-100, reduction="sum") / max(n_targets, 1)
+    next_tokens = F.pad(labels[:, 1:], (0, 1), value=-100)  # the last position has no next token
+    return F.cross_entropy(logits.float().flatten(0, 1), next_tokens.flatten(), ignore_index=-100,
+                           reduction="sum") / max(n_targets, 1)
 
 
 def evaluate(model: torch.nn.Module, tokenizer: Any, config: TrainConfig, dist: Any = None) -> dict[str, Any]:
