@@ -51,6 +51,7 @@ def labkit_loop(model, tokenizer, config: TrainConfig) -> list[tuple[int, float]
 
 
 def tokens_per_s(steps: list[tuple[int, float]]) -> float:
+    """Tokens over seconds of a run's (tokens, seconds) steps."""
     return sum(t for t, _ in steps) / sum(s for _, s in steps)
 
 

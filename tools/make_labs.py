@@ -314,7 +314,7 @@ def lab00() -> list:
         questions (`python benchmarks/copy_probe.py --controls --finetune`): fine-tuned `tiny`
         0.22–0.30 by execution; a `tiny` pretrained without the planted circuit writes the right
         query with an invented name and scores 0; SmolLM2-135M (its own induction heads, ratio
-        about 0.25) 0.40 after 40 LoRA steps.
+        about 0.25) about 0.4 after 40 LoRA steps.
         """),
         md("""
         ## 6 · Trainer API vs your own loop

@@ -158,7 +158,7 @@ def head_scores(model: Any, *, length: int = 40, sequences: int = 4, seed: int =
     if not isinstance(length, int) or length < 2:
         raise ValueError(f"length: must be an integer >= 2; got {length!r}")
     gen = torch.Generator().manual_seed(seed)
-    n_special = 4
+    n_special = 4  # skip ids 0-3: tiny's special tokens (control tokens in most vocabularies)
     run = torch.randint(n_special, int(model.config.vocab_size), (sequences, length), generator=gen)
     ids = torch.cat([run, run], dim=1).to(next(model.parameters()).device)
     previous = getattr(model.config, "_attn_implementation", None)
