@@ -52,10 +52,9 @@ def finetune_scores(name: str, model_ref: str, model: Any, tokenizer: Any, eval_
     """Base and fine-tuned scores of one model on the first ``eval_examples`` held-out questions."""
     settings = FINETUNE.get(name, TINY_FINETUNE)
     examples = list(load_task("text2sql")["eval"].select(range(eval_examples)))
-    generation = {k: v for k, v in settings.items() if k == "max_new_tokens"}
-    base = evaluate_model(model, tokenizer, "text2sql", examples, **generation)
-    run = train(TrainConfig(model=model_ref, task="text2sql", eval_examples=eval_examples, **settings),
-                base=(model, tokenizer), progress=False)
+    config = TrainConfig(model=model_ref, task="text2sql", eval_examples=eval_examples, **settings)
+    base = evaluate_model(model, tokenizer, "text2sql", examples, max_new_tokens=config.max_new_tokens)
+    run = train(config, base=(model, tokenizer), progress=False)
     return {"model": name, "status": run["status"], "settings": settings,
             "base": {k: base[k] for k in SCORES}, "tuned": {k: run["eval"].get(k) for k in SCORES}}
 
