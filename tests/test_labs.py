@@ -1,8 +1,9 @@
 """Every lab runs in smoke mode through the report machinery (papermill), and shows what it claims.
 
 The labs are committed without outputs, start with a ``parameters``-tagged cell holding SMOKE and
-MODEL, and match what ``tools/make_labs.py`` generates. Each smoke run asserts the lab's key
-results, collected from the cells' ``labkit.notebook.record`` outputs.
+MODEL, and each ``labs/NN_name.ipynb`` is in sync with its jupytext percent-format ``labs/NN_name.py``
+(same cells, types and tags; ``python -m labkit.devtools sync-labs`` syncs them). Each smoke run
+asserts the lab's key results, collected from the cells' ``labkit.notebook.record`` outputs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
 
@@ -101,7 +103,7 @@ def test_committed_without_outputs(lab):
     nb = nbformat.read(lab, as_version=4)
     nbformat.validate(nb)
     dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
-    assert not dirty, f"{lab.name}: cells {dirty} have outputs (run tools/make_labs.py)"
+    assert not dirty, f"{lab.name}: cells {dirty} have outputs (clear the outputs, then python -m labkit.devtools sync-labs)"
     assert "widgets" not in nb.metadata
     assert lab.stat().st_size < 100_000
 
@@ -121,9 +123,33 @@ def test_first_code_cell_is_parameters(lab):
     assert "Try this" in text
 
 
-def test_labs_match_their_source():
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "make_labs.py"), "--check"], capture_output=True, text=True)
+@pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)
+def test_notebook_and_text_are_in_sync(lab):
+    """The .ipynb and its paired percent-format .py, both read with jupytext, hold the same cells."""
+    assert lab.with_suffix(".py").exists(), f"{lab.name}: no paired .py (python -m labkit.devtools sync-labs)"
+    assert jupytext.read(lab).metadata.get("jupytext", {}).get("formats") == "ipynb,py:percent"
+    cells = [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in jupytext.read(lab).cells]
+    text_cells = [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in jupytext.read(lab.with_suffix(".py")).cells]
+    assert cells == text_cells, f"{lab.name} differs from its .py: run python -m labkit.devtools sync-labs"
+    assert any("parameters" in tags for _, _, tags in text_cells), f"{lab.with_suffix('.py').name}: no parameters cell"
+
+
+def test_every_lab_text_has_a_notebook():
+    texts = sorted((ROOT / "labs").glob("[0-9][0-9]_*.py"))
+    assert [p.stem for p in texts] == [p.stem for p in LABS]
+
+
+def test_sync_check_passes_here_and_catches_an_edit(tmp_path):
+    """``sync-labs --check`` exits 0 on the committed labs, 1 once a copied .py is edited alone."""
+    check = [sys.executable, "-m", "labkit.devtools", "sync-labs", "--check", "--labs"]
+    proc = subprocess.run([*check, str(ROOT / "labs")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+    for suffix in (".ipynb", ".py"):
+        (tmp_path / LABS[0].with_suffix(suffix).name).write_bytes(LABS[0].with_suffix(suffix).read_bytes())
+    text = tmp_path / LABS[0].with_suffix(".py").name
+    text.write_text(text.read_text(encoding="utf-8").replace("# **Goals**", "# **Goal**", 1), encoding="utf-8")
+    proc = subprocess.run([*check, str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 1 and "cell 0 differs" in proc.stderr, proc.stderr
 
 
 @pytest.mark.slow
