@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from labkit.errors import LabkitError
+
 
 def labkit_home() -> Path:
     """The cache root: ``$LABKIT_HOME`` or ``~/.cache/labkit``."""
@@ -68,7 +70,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False))
 
 
-class OfflineError(RuntimeError):
+class OfflineError(LabkitError, RuntimeError):
     """Something had to be downloaded and could not be."""
 
 

@@ -34,6 +34,8 @@ from typing import Any, Iterable
 
 import nbformat
 
+from labkit.errors import LabkitError
+
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 KERNEL_RENDERER = "plotly_mimetype"
@@ -59,7 +61,7 @@ _TEMPLATE = r"""{%- extends 'lab/index.html.j2' -%}
 """
 
 
-class ReportError(ValueError):
+class ReportError(LabkitError):
     """A report that cannot start: bad notebook path or bad parameters (nothing was executed)."""
 
 

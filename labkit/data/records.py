@@ -13,12 +13,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from labkit.errors import LabkitError
 from labkit.home import atomic_write_text
 
 FIELDS = ("instruction", "input", "output")
 
 
-class RecordsError(ValueError):
+class RecordsError(LabkitError):
     """A records file that cannot be trained on; the message names the file and the line."""
 
 

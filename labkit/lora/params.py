@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from labkit.errors import LabkitError
+
 __all__ = [
     "LoRAError",
     "TARGET_SETS",
@@ -33,7 +35,7 @@ TARGET_SETS: dict[str, tuple[str, ...] | str] = {
 }
 
 
-class LoRAError(ValueError):
+class LoRAError(LabkitError):
     """Bad LoRA input; the message names the field and what is allowed."""
 
 

@@ -18,13 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from labkit.errors import LabkitError
+
 CATALOG_DIR = Path(__file__).with_name("catalog")
 # model_type -> the family whose forward formulas.py models by hand (others: trace only)
 FAMILIES = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "phi3": "phi3", "gpt2": "gpt2",
             "gemma2": "gemma2"}
 
 
-class ArchError(ValueError):
+class ArchError(LabkitError):
     """The model could not be resolved to a causal-LM config; the message says what to pass."""
 
 

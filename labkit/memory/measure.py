@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from labkit.errors import LabkitError
 from labkit.memory.arch import arch_info, load_config
 from labkit.memory.breakdown import Breakdown, fmt_bytes, peak_of
 from labkit.memory.recorder import SavedTensorRecorder
@@ -24,7 +25,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BUILTINS = ("tiny", "smollm2-135m")
 
 
-class MeasureRefused(RuntimeError):
+class MeasureRefused(LabkitError, RuntimeError):
     """The setup would not fit this machine (estimate first), so it is not run."""
 
 

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from labkit.errors import LabkitError
+
 METHODS = ("full", "lora", "qlora")
 PRECISIONS = ("fp32", "fp16", "bf16", "amp-fp16", "amp-bf16")
 PRECISION_ALIASES = {"amp-fp16-scaled": "amp-fp16"}  # same memory: the scaler holds one scalar
@@ -22,7 +24,7 @@ DEVICES = ("cuda", "cpu")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-class SetupError(ValueError):
+class SetupError(LabkitError):
     """A bad setup value; ``option`` is the command-line name of the culprit."""
 
     def __init__(self, option: str, allowed: str, got: Any) -> None:

@@ -26,6 +26,8 @@ from typing import Callable, Literal, Union
 
 import torch
 
+from labkit.errors import LabkitError
+
 Tensor = torch.Tensor
 StateDict = Mapping[str, Tensor]
 Model = Union[Tensor, StateDict]
@@ -39,7 +41,7 @@ EPS = 1e-8  # mergekit's zero-norm guard
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 
 
-class MergeError(ValueError):
+class MergeError(LabkitError):
     """Bad merge input; the message names the argument and what is allowed."""
 
 

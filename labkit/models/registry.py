@@ -29,6 +29,7 @@ from transformers import (
 )
 
 from labkit.device import resolve_device
+from labkit.errors import LabkitError
 from labkit.home import OfflineError
 from labkit.models import smollm2, tiny
 from labkit.models.tokenizer import CHATML_TEMPLATE
@@ -57,7 +58,7 @@ _HUB_TIMEOUT_S = 3.0
 _hub_cache: dict[str, tuple[float, bool]] = {}
 
 
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(LabkitError):
     """The name is neither a built-in model, a local folder, nor a model the hub knows."""
 
 

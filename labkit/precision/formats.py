@@ -21,10 +21,12 @@ from typing import Any
 
 import torch
 
+from labkit.errors import LabkitError
+
 __all__ = ["FloatFormat", "FormatError", "formats", "get_format", "FORMAT_NAMES", "round_tensor"]
 
 
-class FormatError(ValueError):
+class FormatError(LabkitError):
     """An unknown format name or a bad value for a format function."""
 
 

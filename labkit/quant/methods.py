@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from labkit.errors import LabkitError
 from labkit.quant.codebooks import dynamic_map, fp4_levels, int_levels, nf4_levels
 
 __all__ = [
@@ -41,7 +42,7 @@ _DEFAULT_BLOCK = {"absmax": None, "zeropoint": None, "blockwise": 64, "quantile"
                   "fp4": 64}
 
 
-class QuantError(ValueError):
+class QuantError(LabkitError):
     """A bad quantization argument; the message names it and what is allowed."""
 
 

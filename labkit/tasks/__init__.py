@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from labkit.errors import LabkitError
 from labkit.tasks import json_extract, text2sql
 from labkit.tasks.evaluate import answer_loss, evaluate_model, evaluate_predictions, generate_answers
 from labkit.tasks.formatting import (
@@ -32,7 +33,7 @@ SPLITS = ("entity", "template")
 DATA = ("chinook",)
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(LabkitError):
     """A task name that labkit does not know (the message lists the allowed ones)."""
 
 

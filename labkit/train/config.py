@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from labkit.data.records import file_digest
+from labkit.errors import LabkitError
 from labkit.tasks.evaluate import MAX_NEW_TOKENS
 
 METHODS = ("full", "lora", "qlora")
@@ -36,7 +37,7 @@ PRECISION_HELP = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(LabkitError):
     """A bad option: the message names the option and what is allowed."""
 
     def __init__(self, option: str, allowed: str, got: Any) -> None:
