@@ -47,7 +47,7 @@ if "google.colab" in sys.modules or importlib.util.find_spec("labkit") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", LABKIT_SOURCE], check=True)
 
 # %%
-from labkit.notebook import setup, pick, record, takeaway, curves, table
+from labkit.notebook import setup, pick, record, takeaway, table
 LAB = setup(SMOKE, seed=SEED, language=LANGUAGE)
 SEQ_LEN = pick(SEQ_LEN, smoke=64, full=256)
 BATCH_SIZES = pick(BATCH_SIZES, smoke=[2, 8], full=[1, 2, 4, 8])

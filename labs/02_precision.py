@@ -46,14 +46,14 @@ if "google.colab" in sys.modules or importlib.util.find_spec("labkit") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", LABKIT_SOURCE], check=True)
 
 # %%
-from labkit.notebook import setup, pick, record, takeaway, curves, table
+from labkit.notebook import setup, pick, record, takeaway, table
 LAB = setup(SMOKE, seed=SEED, language=LANGUAGE)
 STEPS = pick(STEPS, smoke=6, full=40)
 from labkit.precision.mixed import UNDERFLOW_MULTIPLIER
 LOSS_MULTIPLIER = LOSS_MULTIPLIER if LOSS_MULTIPLIER is not None else UNDERFLOW_MULTIPLIER
 
 # %%
-from labkit.train import RunStore, TrainConfig, train
+from labkit.train import RunStore
 STORE = RunStore() if REUSE_RUNS else None
 PROGRESS = not LAB.report  # tqdm bars in a live notebook, none in reports
 

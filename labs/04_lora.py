@@ -55,7 +55,7 @@ if SMOKE:
     SWEEP_OPTIONS.update(batch_size=4, seq_len=128, eval_examples=4)
 
 # %%
-from labkit.train import RunStore, TrainConfig, train
+from labkit.train import RunStore
 STORE = RunStore() if REUSE_RUNS else None
 PROGRESS = not LAB.report  # tqdm bars in a live notebook, none in reports
 

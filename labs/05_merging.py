@@ -45,13 +45,13 @@ if "google.colab" in sys.modules or importlib.util.find_spec("labkit") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", LABKIT_SOURCE], check=True)
 
 # %%
-from labkit.notebook import setup, pick, record, takeaway, curves, table
+from labkit.notebook import setup, pick, record, takeaway, table
 LAB = setup(SMOKE, seed=SEED, language=LANGUAGE)
 STEPS = pick(STEPS, smoke=6, full=80)
 EVAL_EXAMPLES = pick(EVAL_EXAMPLES, smoke=4, full=40)
 
 # %%
-from labkit.train import RunStore, TrainConfig, train
+from labkit.train import RunStore
 STORE = RunStore() if REUSE_RUNS else None
 PROGRESS = not LAB.report  # tqdm bars in a live notebook, none in reports
 
