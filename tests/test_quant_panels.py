@@ -14,7 +14,7 @@ def test_defaults_draw_nf4():
     orig, deq, err = p.fig.data
     assert sum(orig.y) == sum(deq.y) == 4096
     assert p.result.method == "nf4" and p.result.bits_per_param == 4.5
-    assert "4.5000 bits/param" in p.summary.value
+    assert p.view.nominal_bits == 4.5 and p.model.bits == 4
     assert p.bits.disabled and p.bits.value == 4
     x = default_tensor()
     assert list(err.y) == (p.result.dequantized - x)[torch.argsort(x)].tolist()
@@ -51,16 +51,31 @@ def test_outlier_slider_shows_absmax_ruined_and_blocks_containing_it():
     p.method.value = "blockwise"
     p.blocksize.value = 64
     assert p.metrics["mse"] < ruined / 10
-    assert "SNR" in p.summary.value
+    assert p.metrics["snr_db"] == p.model.compute().metrics["snr_db"]
 
 
 def test_bad_combination_is_a_message_not_a_traceback():
     p = QuantPlayground(method="zeropoint")
     p.blocksize.value = None
     p.double_quant.value = True
-    assert "double_quant" in p.error
+    assert p.model.double_quant and "double_quant" in p.error
     p.double_quant.value = False
     assert p.error == ""
+
+
+def test_model_alone_and_four_bit_formats_fix_bits():
+    from labkit.panels.quant import QuantModel
+
+    m = QuantModel(method="blockwise", bits=3, blocksize=None)
+    view = m.compute()
+    assert (view.result.bits, view.result.blocksize) == (3, 64)  # blockwise over the whole tensor → 64
+    assert sum(view.hist_original) == sum(view.hist_dequantized) == 4096
+    m.method = "nf4"
+    assert m.bits == 4
+    p = QuantPlayground(method="blockwise")
+    p.bits.value = 2
+    p.method.value = "fp4"
+    assert p.model.bits == p.bits.value == 4 and p.result.bits == 4
 
 
 def test_real_tensor_input():
