@@ -5,6 +5,7 @@ made in JupyterLab or in the text file lands in both::
 
     python -m labkit.devtools sync-labs           # jupytext --sync: the newer file of each pair wins
     python -m labkit.devtools sync-labs --check   # exit 1, naming each lab whose pair differs (CI)
+    python -m labkit.devtools sync-labs --clear-outputs   # first drop outputs: labs are committed without
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 import jupytext
+import nbformat
 
 LABS_DIR = Path(__file__).resolve().parents[1] / "labs"
 PAIR_FORMATS = "ipynb,py:percent"
@@ -51,12 +53,30 @@ def lab_notebooks(labs_dir: Path = LABS_DIR) -> list[Path]:
     return sorted(labs_dir.glob("[0-9][0-9]_*.ipynb"))
 
 
-def sync_labs(labs_dir: Path = LABS_DIR, check: bool = False) -> int:
-    """Sync every lab pair with ``jupytext --sync`` (or, with ``check``, only report); returns an exit code."""
+def clear_outputs(notebook: Path) -> bool:
+    """Drop a notebook's outputs and execution counts in place; True if it had any."""
+    nb = nbformat.read(notebook, as_version=4)
+    dirty = [c for c in nb.cells if c.cell_type == "code" and (c.outputs or c.execution_count)]
+    for cell in dirty:
+        cell.outputs, cell.execution_count = [], None
+    if dirty:
+        notebook.write_text(nbformat.writes(nb) + "\n", encoding="utf-8")
+    return bool(dirty)
+
+
+def sync_labs(labs_dir: Path = LABS_DIR, check: bool = False, clear: bool = False) -> int:
+    """Sync every lab pair with ``jupytext --sync`` (or, with ``check``, only report); returns an exit code.
+
+    ``clear`` first drops the notebooks' outputs (then the notebook is the newer file of its pair).
+    """
     notebooks = lab_notebooks(labs_dir)
     if not notebooks:
         print(f"labs: no NN_*.ipynb in {labs_dir}", file=sys.stderr)
         return 1
+    if clear and not check:
+        for nb in notebooks:
+            if clear_outputs(nb):
+                print(f"cleared the outputs of {nb.name}", file=sys.stderr)
     if not check:
         rc = subprocess.run([sys.executable, "-m", "jupytext", "--quiet", "--sync", *map(str, notebooks)]).returncode
         print(f"synced {len(notebooks)} lab pairs in {labs_dir}" if rc == 0 else "jupytext --sync failed", file=sys.stderr)
@@ -75,8 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sync = sub.add_parser("sync-labs", help="sync each labs/*.ipynb with its percent-format .py")
     sync.add_argument("--check", action="store_true", help="only compare; exit 1 if a pair differs")
     sync.add_argument("--labs", type=Path, default=LABS_DIR, help="folder of the labs (default: %(default)s)")
+    sync.add_argument("--clear-outputs", action="store_true", help="drop the notebooks' outputs before syncing")
     args = parser.parse_args(argv)
-    return sync_labs(args.labs, check=args.check)
+    return sync_labs(args.labs, check=args.check, clear=args.clear_outputs)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import jupytext
 import nbformat
 import pytest
 
+from labkit.devtools import clear_outputs
 from labkit.notebook import read_results
 from labkit.report import notebook_parameters, run_report
 
@@ -103,7 +104,7 @@ def test_committed_without_outputs(lab):
     nb = nbformat.read(lab, as_version=4)
     nbformat.validate(nb)
     dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
-    assert not dirty, f"{lab.name}: cells {dirty} have outputs (clear the outputs, then python -m labkit.devtools sync-labs)"
+    assert not dirty, f"{lab.name}: cells {dirty} have outputs (python -m labkit.devtools sync-labs --clear-outputs)"
     assert "widgets" not in nb.metadata
     assert lab.stat().st_size < 100_000
 
@@ -150,6 +151,17 @@ def test_sync_check_passes_here_and_catches_an_edit(tmp_path):
     text.write_text(text.read_text(encoding="utf-8").replace("# **Goals**", "# **Goal**", 1), encoding="utf-8")
     proc = subprocess.run([*check, str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 1 and "cell 0 differs" in proc.stderr, proc.stderr
+
+
+def test_clear_outputs_restores_the_committed_notebook(tmp_path):
+    """A lab run and saved in Jupyter gets its committed bytes back from ``sync-labs --clear-outputs``."""
+    lab = tmp_path / LABS[0].name
+    nb = nbformat.read(LABS[0], as_version=4)
+    cell = next(c for c in nb.cells if c.cell_type == "code")
+    cell.outputs, cell.execution_count = [nbformat.v4.new_output("stream", text="hello\n")], 1
+    lab.write_text(nbformat.writes(nb) + "\n", encoding="utf-8")
+    assert clear_outputs(lab) is True and clear_outputs(lab) is False
+    assert lab.read_bytes() == LABS[0].read_bytes()
 
 
 @pytest.mark.slow
