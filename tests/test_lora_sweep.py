@@ -181,3 +181,17 @@ def test_cli_json_points_have_the_train_record_shape(tmp_path, capsys):
     point = out["points"][0]
     assert set(new_record(TrainConfig())) <= set(point)
     assert point["status"] == "ok" and point["rank"] == 2 and point["method"] == "lora"
+
+
+def test_run_sweep_takes_a_generator_of_ranks(monkeypatch):
+    # run_sweep reads `ranks` twice (the points, then the summary): a generator must not come back empty
+    import labkit.train
+
+    def fake_train(config, **_kwargs):
+        return {"status": "ok", "method": config.method, "rank": config.rank, "seconds": 0.0, "losses": [1.0]}
+
+    monkeypatch.setattr(labkit.train, "train", fake_train)
+    result = run_sweep("tiny", "text2sql", (r for r in (1, 2)), full=False, steps=1, store=False,
+                       progress=False, base=(None, None))
+    assert result["ranks"] == [1, 2]
+    assert [p["rank"] for p in result["points"]] == [1, 2]

@@ -159,6 +159,7 @@ def run_sweep(
     """
     from labkit.train import RunStore, train
 
+    ranks = list(ranks)  # read twice below (the points, and the summary): a generator would come back empty
     started = time.perf_counter()
     points = sweep_configs(
         model, task, ranks, full=full, alpha_policies=alpha_policies, target_sets=target_sets,
