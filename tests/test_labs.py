@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LABS = sorted((ROOT / "labs").glob("[0-9][0-9]_*.ipynb"))
 SMOKE = {"SMOKE": True, "MODEL": "tiny", "REUSE_RUNS": False}
 TIMINGS: dict[str, float] = {}
+STARTED: set[str] = set()  # labs whose smoke run began (each must end up in TIMINGS)
 
 
 def _finite(x) -> bool:
@@ -167,6 +168,7 @@ def test_clear_outputs_restores_the_committed_notebook(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)
 def test_lab_smoke(lab, tmp_path):
+    STARTED.add(lab.stem)
     start = time.perf_counter()
     result = run_report(lab, SMOKE, tmp_path)
     TIMINGS[lab.stem] = time.perf_counter() - start
@@ -187,7 +189,10 @@ def test_lab_smoke(lab, tmp_path):
 
 
 def test_report_smoke_timings():
-    """Prints the smoke-mode time of every lab (pytest -s shows it); runs last in this file."""
-    if TIMINGS:
-        print("\nsmoke-mode seconds per lab:", {k: round(v, 1) for k, v in TIMINGS.items()},
-              f"total {sum(TIMINGS.values()):.0f} s")
+    """Every lab that ran was timed with a positive, finite time; prints them (pytest -s); runs last."""
+    if not STARTED:
+        pytest.skip("no lab smoke run in this session (they are marked slow)")
+    assert set(TIMINGS) == STARTED and STARTED <= {lab.stem for lab in LABS}, (sorted(TIMINGS), sorted(STARTED))
+    assert all(math.isfinite(t) and t > 0 for t in TIMINGS.values()), TIMINGS
+    print("\nsmoke-mode seconds per lab:", {k: round(v, 1) for k, v in TIMINGS.items()},
+          f"total {sum(TIMINGS.values()):.0f} s")
