@@ -21,14 +21,15 @@ def test_format_explorer_text_box_updates_bits_and_values():
     assert stored.text[2] == "0.09997558594" and stored.text[4] == "0.1015625"
     p.value_text.value = "65520"
     assert p.fig.data[3].text[2] == "inf" and p.fig.data[3].x[2] is None
-    assert p.exponent.value == 15
-    assert "overflow" in p.table.value
+    assert p.exponent.value == p.model.exponent == 15
+    fp16 = p.model.table(p.rows)[2]
+    assert fp16["format"] == "fp16" and "overflow" in fp16["verdict"]
 
 
 def test_format_explorer_exponent_slider_and_format_choice():
     p = FormatExplorer(value=1.5)
     p.exponent.value = -20
-    assert p.value == 1.5 * 2.0**-20 and float(p.value_text.value) == p.value
+    assert p.model.value == 1.5 * 2.0**-20 and float(p.value_text.value) == p.model.value
     i = list(p.fig.data[0].y).index("fp8_e4m3fn")
     assert p.rows[i].underflow and p.fig.data[3].x[i] is None
     assert p.rows[list(p.fig.data[0].y).index("fp16")].subnormal
@@ -42,9 +43,27 @@ def test_format_explorer_bad_input_is_a_message():
     p = FormatExplorer()
     before = p.value
     p.value_text.value = "twelve"
-    assert "value" in p.error and p.value == before
+    assert "value" in p.input_errors and p.model.value == before
+    assert "value" in p.errors[0]
+    p.exponent.value = 3  # the exponent slider rewrites the text box: the error goes with the bad text
+    assert p.errors == [] and p.model.value == 1.6 * 2.0**3
+    p.value_text.value = "twelve"
     p.value_text.value = "2"
-    assert p.error == ""
+    assert p.error == "" and p.model.value == 2.0
+
+
+def test_format_explorer_model_alone():
+    from labkit.panels.precision import FormatExplorerModel
+    from labkit.precision.decompose import decompose
+
+    m = FormatExplorerModel(value=0.1, formats=("fp16",))
+    assert m.exponent == -4
+    d = m.figure_data()
+    assert d["stored_text"] == ["0.09997558594"] and d["names"] == ["fp16"]
+    assert d["stored_x"][0] == math.log2(decompose(0.1, "fp16").stored)
+    m.value = 1e-300
+    assert m.exponent == -40  # clamped to the slider's range, the value kept
+    assert m.value == 1e-300
 
 
 def test_range_panel_scale_slider_moves_histogram():
@@ -55,7 +74,8 @@ def test_range_panel_scale_slider_moves_histogram():
     p.scale_log2.value = 16
     x1 = p.fig.data[0].x[max(range(len(p.fig.data[0].y)), key=lambda i: p.fig.data[0].y[i])]
     assert x1 - x0 == 16  # the histogram's peak moved by log2(scale)
-    assert p.fractions["underflow"] == 0.0 and "2^16" in p.summary.value
+    assert p.fractions["underflow"] == 0.0 and p.model.scale_log2 == 16
+    assert p.fractions == p.model.compute()["fractions"]
     p.format.value = "bf16"
     assert p.fig.layout.shapes[2].x0 == -126  # bf16's smallest normal
     p.kind.value = "weights"
@@ -100,15 +120,21 @@ def test_training_panel_runs_and_draws_live():
     assert list(scaled_nan.x) == [2]
     scale = p.fig.data[p.trace_index("amp-fp16-scaled", "scale")]
     assert scale.y[0] == 65536.0 and scale.y[-1] == 32768.0
-    assert "amp-fp16-scaled" in p.table.value and "nan" in p.table.value
+    columns, cells = p.model.table()
+    by_precision = {row[0]: dict(zip(columns, row)) for row in cells}
+    assert by_precision["fp16"]["status"] == "nan" and by_precision["amp-fp16-scaled"]["skipped"] == "1"
     assert p.result["table"][0]["precision"] == "fp32"
+    assert p.model.live["fp32"][-1]["loss"] == 2.5 and len(p.model.live["fp16"]) == 3
 
 
 def test_training_panel_needs_a_precision():
     p = TrainingComparisonPanel(compare_fn=lambda *a, **k: {"runs": {}, "table": []})
     for box in p.boxes.values():
         box.value = False
-    assert p.run() is None and "precisions" in p.error
+    assert p.model.precisions == ()
+    assert p.run() is None and "precisions" in p.errors[0]
+    p.model.precisions = ("bf16", "fp32")
+    assert p.selected == ["fp32", "bf16"]
 
 
 def test_strings_have_korean():

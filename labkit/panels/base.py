@@ -17,6 +17,8 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 import traitlets
 
+from labkit.errors import LabkitError
+
 
 def report_mode() -> bool:
     """True when a lab runs as a report (``labkit report`` sets ``LABKIT_REPORT=1``).
@@ -24,6 +26,10 @@ def report_mode() -> bool:
     Exported widgets are dead HTML, so in report mode panels display static plotly figures.
     """
     return os.environ.get("LABKIT_REPORT", "") not in ("", "0")
+
+
+class PanelError(LabkitError):
+    """Bad input a panel itself detects (a text box that does not parse, nothing ticked)."""
 
 
 def link(widget: widgets.Widget, model: traitlets.HasTraits, name: str) -> None:

@@ -1,8 +1,10 @@
 """Precision panels: the format explorer, the range chart of real tensors, the training comparison.
 
-Model/view split: numbers come from :mod:`labkit.precision` (``decompose``, ``formats``,
-``range_fractions``, ``log2_histogram``, ``compare_precisions``); these classes only wire widgets to
-them and draw. Each panel keeps one ``go.FigureWidget`` (``self.fig``); ``figures()`` returns plain
+Model/view split: each panel has a ``traitlets.HasTraits`` model (``panel.model``:
+:class:`FormatExplorerModel`, :class:`RangeModel`, :class:`TrainingComparisonModel`) that holds the
+state and computes the figure data from :mod:`labkit.precision` (``decompose``, ``formats``,
+``range_fractions``, ``log2_histogram``, ``compare_precisions``); the panels link widgets to their
+model and draw. Each panel keeps one ``go.FigureWidget`` (``self.fig``); ``figures()`` returns plain
 figures for reports.
 """
 
@@ -14,10 +16,11 @@ from typing import Any, Callable, Sequence
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
+import traitlets
 from plotly.subplots import make_subplots
 
 from labkit.i18n import register, t
-from labkit.panels.base import Panel
+from labkit.panels.base import Panel, PanelError, link
 from labkit.precision.decompose import Decomposition, decompose
 from labkit.precision.formats import FORMAT_NAMES, FormatError, get_format
 from labkit.precision.ranges import KINDS, format_band, log2_histogram, range_fractions
@@ -94,101 +97,175 @@ def bit_layout(rows: Sequence[Decomposition]) -> dict[str, list]:
     return {"z": z, "text": text, "y": [r.format for r in rows], "x": list(range(width))}
 
 
+def parse_value(text: str) -> float:
+    """The number typed into the format explorer's text box (ValueError naming ``value``)."""
+    try:
+        return float(str(text).strip())
+    except ValueError:
+        raise PanelError(t("prec.bad_value", v=text)) from None
+
+
+class FormatExplorerModel(traitlets.HasTraits):
+    """The explorer's state: a number, its binary exponent (kept in step), the formats shown.
+
+    Moving ``exponent`` keeps the significand and sign of ``value``; setting ``value`` moves
+    ``exponent`` to ⌊log2|value|⌋ (clamped to [-40, 40]). Numbers come from
+    :func:`labkit.precision.decompose.decompose` and :mod:`labkit.precision.ranges`.
+    """
+
+    value = traitlets.Float(0.1)
+    exponent = traitlets.Int(0)
+    formats = traitlets.Tuple()  # empty → every format
+    EXPONENT_RANGE = (-40, 40)
+
+    def __init__(self, **state: Any) -> None:
+        self._syncing = False
+        super().__init__(**state)
+        self._exponent_from_value()
+
+    @property
+    def names(self) -> list[str]:
+        """The formats decomposed, in the order chosen (all of them when none is chosen)."""
+        return list(self.formats) or list(FORMAT_NAMES)
+
+    @traitlets.validate("exponent")
+    def _clamp(self, proposal: dict[str, Any]) -> int:
+        lo, hi = self.EXPONENT_RANGE
+        return max(lo, min(hi, int(proposal["value"])))
+
+    @traitlets.observe("value")
+    def _exponent_from_value(self, _change: Any = None) -> None:
+        if self.value != 0 and math.isfinite(self.value):
+            self._syncing = True
+            try:
+                self.exponent = math.frexp(abs(self.value))[1] - 1
+            finally:
+                self._syncing = False
+
+    @traitlets.observe("exponent")
+    def _value_from_exponent(self, change: dict[str, Any]) -> None:
+        if self._syncing:
+            return
+        v = self.value if self.value != 0 and math.isfinite(self.value) else 1.0
+        significand = abs(v) / 2.0 ** (math.frexp(abs(v))[1] - 1)  # in [1, 2)
+        self._syncing = True
+        try:
+            self.value = math.copysign(significand * 2.0 ** change["new"], v)
+        finally:
+            self._syncing = False
+
+    def rows(self) -> list[Decomposition]:
+        """``value`` in each chosen format (raises FormatError for an unknown format)."""
+        return [decompose(self.value, name) for name in self.names]
+
+    def figure_data(self, rows: Sequence[Decomposition] | None = None) -> dict[str, Any]:
+        """What the two subplots draw: bit layout, each format's band, stored values, the input line."""
+        rows = list(rows) if rows is not None else self.rows()
+        bands = [format_band(r.format) for r in rows]
+        v = self.value
+        return {
+            "layout": bit_layout(rows),
+            "names": [b["format"] for b in bands],
+            "subnormal_base": [b["log2_min_subnormal"] for b in bands],
+            "subnormal_width": [b["log2_min_normal"] - b["log2_min_subnormal"] for b in bands],
+            "normal_base": [b["log2_min_normal"] for b in bands],
+            "normal_width": [b["log2_max"] - b["log2_min_normal"] for b in bands],
+            "stored_x": [math.log2(abs(r.stored)) if r.stored != 0 and math.isfinite(r.stored) else None
+                         for r in rows],
+            "stored_text": [_fmt_num(r.stored) for r in rows],
+            "input_x": [math.log2(abs(v))] * 2 if v != 0 and math.isfinite(v) else [None, None],
+        }
+
+    @staticmethod
+    def table(rows: Sequence[Decomposition]) -> list[dict[str, Any]]:
+        """The table under the figure, one dict per format (bits split by part, the verdict)."""
+        return [{"format": r.format, "sign": r.sign_bit, "exponent": r.exponent_bits, "mantissa": r.mantissa_bits,
+                 "stored": _fmt_num(r.stored), "rel_error": r.rel_error, "below": _fmt_num(r.below),
+                 "above": _fmt_num(r.above), "verdict": verdict(r)} for r in rows]
+
+
+def verdict(r: Decomposition) -> str:
+    """The one-line verdict of a decomposition (overflow, underflow, subnormal, rounded, exact)."""
+    if r.saturated:
+        return t("prec.flag.saturated")
+    if r.overflow:
+        return t("prec.flag.overflow")
+    if r.underflow:
+        return t("prec.flag.underflow")
+    if r.subnormal:
+        return t("prec.flag.subnormal")
+    return t("prec.flag.exact") if r.abs_error == 0 else t("prec.flag.rounded")
+
+
 class FormatExplorer(Panel):
     """Type a number (or drag the exponent) → its bits, stored value and error in every format."""
 
     def __init__(self, value: float = 0.1, formats: Sequence[str] = FORMAT_NAMES) -> None:
         super().__init__()
+        self.model = FormatExplorerModel(value=float(value), formats=tuple(formats))
         self.value_text = widgets.Text(value=repr(float(value)), description=t("prec.value"), continuous_update=False)
-        self.exponent = widgets.IntSlider(value=0, min=-40, max=40, description=t("prec.exponent"),
+        lo, hi = FormatExplorerModel.EXPONENT_RANGE
+        self.exponent = widgets.IntSlider(value=0, min=lo, max=hi, description=t("prec.exponent"),
                                           continuous_update=False)
         self.format_select = widgets.SelectMultiple(options=list(FORMAT_NAMES), value=tuple(formats),
                                                     description=t("prec.formats"), rows=6)
         self.table = widgets.HTML()
         self.rows: list[Decomposition] = []
-        self.value = float(value)
-        self._syncing = False
-        self.fig = go.FigureWidget(self._new_figure())
-        self.value_text.observe(self._on_text, names="value")
-        self.exponent.observe(self._on_exponent, names="value")
-        self.format_select.observe(lambda _c: self.update(), names="value")
-        self._set_exponent_from_value()
+        self.fig = go.FigureWidget(self._new_figure(self.model.rows()))
+        link(self.exponent, self.model, "exponent")
+        link(self.format_select, self.model, "formats")
+        self.bind_text(self.value_text, "value", parse_value, lambda v: setattr(self.model, "value", v))
+        self.model.observe(self._on_value, names="value")
+        self.model.observe(lambda _c: self.update(), names=("value", "formats"))
         self.update()
         controls = widgets.HBox([widgets.VBox([self.value_text, self.exponent]), self.format_select])
         self.widget = widgets.VBox([controls, self.message, self.fig, self.table])
 
-    # --- controls ---------------------------------------------------------------------------
-    def _on_text(self, change: dict[str, Any]) -> None:
+    @property
+    def value(self) -> float:
+        """The number explored (the model's)."""
+        return self.model.value
+
+    def _on_value(self, _change: Any) -> None:
         try:
-            value = float(str(change["new"]).strip())
+            shown = float(self.value_text.value.strip())
         except ValueError:
-            self.show_error(t("prec.bad_value", v=change["new"]))
-            return
-        self.value = value
-        self._set_exponent_from_value()
-        self.update()
-
-    def _set_exponent_from_value(self) -> None:
-        self._syncing = True
-        try:
-            if self.value != 0 and math.isfinite(self.value):
-                k = math.frexp(abs(self.value))[1] - 1
-                self.exponent.value = max(self.exponent.min, min(self.exponent.max, k))
-        finally:
-            self._syncing = False
-
-    def _on_exponent(self, change: dict[str, Any]) -> None:
-        if self._syncing:
-            return
-        v = self.value if self.value != 0 and math.isfinite(self.value) else 1.0
-        significand = abs(v) / 2.0 ** (math.frexp(abs(v))[1] - 1)  # in [1, 2)
-        self.value = math.copysign(significand * 2.0 ** change["new"], v)
-        self._syncing = True
-        try:
-            self.value_text.value = repr(self.value)
-        finally:
-            self._syncing = False
-        self.update()
+            shown = None
+        if shown != self.model.value and not (shown != shown and self.model.value != self.model.value):
+            self.value_text.value = repr(self.model.value)
 
     # --- model → view --------------------------------------------------------------------------
     def update(self) -> None:
-        names = list(self.format_select.value) or list(FORMAT_NAMES)
+        """Decompose the model's value in its formats and redraw (bad input → a message)."""
         try:
-            self.rows = [decompose(self.value, name) for name in names]
+            rows = self.model.rows()
         except FormatError as error:
             self.show_error(error)
             return
         self.clear_error()
-        new = self._new_figure()
+        self.rows = rows
+        new = self._new_figure(rows)
         with self.fig.batch_update():
             for i, trace in enumerate(new.data):
                 self.fig.data[i].update(trace.to_plotly_json())
         self.table.value = self._table_html()
 
-    def _new_figure(self) -> go.Figure:
+    def _new_figure(self, rows: Sequence[Decomposition]) -> go.Figure:
         fig = make_subplots(rows=2, cols=1, subplot_titles=[t("prec.t.bits"), t("prec.t.range")],
                             vertical_spacing=0.18, row_heights=[0.5, 0.5])
-        rows = self.rows or [decompose(self.value, n) for n in FORMAT_NAMES]
-        layout = bit_layout(rows)
+        d = self.model.figure_data(rows)
+        layout, names = d["layout"], d["names"]
         fig.add_trace(go.Heatmap(z=layout["z"], x=layout["x"], y=layout["y"], text=layout["text"],
                                  texttemplate="%{text}", zmin=0, zmax=2, colorscale=_COLORSCALE,
                                  showscale=False, xgap=1, ygap=2, hoverinfo="skip"), row=1, col=1)
-        bands = [format_band(r.format) for r in rows]
-        names = [b["format"] for b in bands]
-        fig.add_trace(go.Bar(orientation="h", y=names, base=[b["log2_min_subnormal"] for b in bands],
-                             x=[b["log2_min_normal"] - b["log2_min_subnormal"] for b in bands],
+        fig.add_trace(go.Bar(orientation="h", y=names, base=d["subnormal_base"], x=d["subnormal_width"],
                              marker_color="#c6dbef", name="subnormal"), row=2, col=1)
-        fig.add_trace(go.Bar(orientation="h", y=names, base=[b["log2_min_normal"] for b in bands],
-                             x=[b["log2_max"] - b["log2_min_normal"] for b in bands],
+        fig.add_trace(go.Bar(orientation="h", y=names, base=d["normal_base"], x=d["normal_width"],
                              marker_color="#6baed6", name="normal"), row=2, col=1)
-        stored_x = [math.log2(abs(r.stored)) if r.stored != 0 and math.isfinite(r.stored) else None for r in rows]
-        fig.add_trace(go.Scatter(x=stored_x, y=names, mode="markers", marker={"symbol": "diamond", "size": 11,
-                                 "color": "black"}, name="stored value",
-                                 text=[_fmt_num(r.stored) for r in rows]), row=2, col=1)
-        v = self.value
-        fig.add_trace(go.Scatter(x=[math.log2(abs(v))] * 2 if v != 0 and math.isfinite(v) else [None, None],
-                                 y=[names[0], names[-1]], mode="lines", line={"dash": "dot", "color": "red"},
-                                 name="input"), row=2, col=1)
+        fig.add_trace(go.Scatter(x=d["stored_x"], y=names, mode="markers", marker={"symbol": "diamond", "size": 11,
+                                 "color": "black"}, name="stored value", text=d["stored_text"]), row=2, col=1)
+        fig.add_trace(go.Scatter(x=d["input_x"], y=[names[0], names[-1]], mode="lines",
+                                 line={"dash": "dot", "color": "red"}, name="input"), row=2, col=1)
         fig.update_layout(height=520, barmode="overlay", showlegend=False, margin={"t": 40, "l": 90, "r": 10})
         fig.update_yaxes(autorange="reversed", row=1, col=1)
         fig.update_yaxes(autorange="reversed", row=2, col=1)
@@ -200,32 +277,58 @@ class FormatExplorer(Panel):
                        ("prec.col.format", "prec.col.bits", "prec.col.stored", "prec.col.error",
                         "prec.col.neighbours", "prec.col.flags"))
         body = []
-        for r in self.rows:
-            bits = (f"<span style='color:{BIT_COLORS['sign']}'>{r.sign_bit}</span>"
-                    f"<span style='color:{BIT_COLORS['exponent']}'>{r.exponent_bits}</span>"
-                    f"<span style='color:{BIT_COLORS['mantissa']}'>{r.mantissa_bits}</span>")
+        for r in self.model.table(self.rows):
+            bits = (f"<span style='color:{BIT_COLORS['sign']}'>{r['sign']}</span>"
+                    f"<span style='color:{BIT_COLORS['exponent']}'>{r['exponent']}</span>"
+                    f"<span style='color:{BIT_COLORS['mantissa']}'>{r['mantissa']}</span>")
             body.append(
-                f"<tr><td>{r.format}</td><td style='font-family:monospace'>{bits}</td>"
-                f"<td>{html.escape(_fmt_num(r.stored))}</td><td>{r.rel_error:.3g}</td>"
-                f"<td>{_fmt_num(r.below)} / {_fmt_num(r.above)}</td><td>{html.escape(self.flags(r))}</td></tr>"
+                f"<tr><td>{r['format']}</td><td style='font-family:monospace'>{bits}</td>"
+                f"<td>{html.escape(r['stored'])}</td><td>{r['rel_error']:.3g}</td>"
+                f"<td>{r['below']} / {r['above']}</td><td>{html.escape(r['verdict'])}</td></tr>"
             )
         return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
-    @staticmethod
-    def flags(r: Decomposition) -> str:
-        """The one-line verdict of a decomposition (overflow, underflow, subnormal, rounded, exact)."""
-        if r.saturated:
-            return t("prec.flag.saturated")
-        if r.overflow:
-            return t("prec.flag.overflow")
-        if r.underflow:
-            return t("prec.flag.underflow")
-        if r.subnormal:
-            return t("prec.flag.subnormal")
-        return t("prec.flag.exact") if r.abs_error == 0 else t("prec.flag.rounded")
+    flags = staticmethod(verdict)  # the name the labs and tests used
 
     def figures(self) -> list[go.Figure]:
         return [go.Figure(self.fig)]
+
+
+class RangeModel(traitlets.HasTraits):
+    """The range chart's state (tensor kind, format, loss scale 2^k) over a dict of real tensors.
+
+    :meth:`compute` gives the log2 histogram (:func:`labkit.precision.ranges.log2_histogram`), the
+    underflow/subnormal/normal/overflow fractions (:func:`range_fractions`) and the format's band.
+    """
+
+    kind = traitlets.Unicode()
+    fmt = traitlets.Unicode("fp16")
+    scale_log2 = traitlets.Int(0)
+    SCALE_RANGE = (0, 40)
+    LOW, HIGH, BIN = -80, 40, 0.5
+
+    def __init__(self, tensors: dict[str, Any], **state: Any) -> None:
+        self.tensors = tensors
+        super().__init__(**state)
+
+    @property
+    def kinds(self) -> list[str]:
+        """The tensor kinds available: the known ones first, in lesson order."""
+        return [k for k in KINDS if k in self.tensors] + [k for k in self.tensors if k not in KINDS]
+
+    def band(self) -> dict[str, float]:
+        return format_band(self.fmt)
+
+    def compute(self) -> dict[str, Any]:
+        """Histogram centers/counts, fractions and band (PanelError if the kind has no values)."""
+        values = self.tensors.get(self.kind)
+        if values is None or values.numel() == 0:
+            raise PanelError(t("prec.no_tensor", kind=self.kind))
+        scale = 2.0 ** self.scale_log2
+        hist = log2_histogram(values, scale=scale, bin_width=self.BIN, low=self.LOW, high=self.HIGH)
+        edges = hist["edges"]
+        return {"centers": [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])], "counts": list(hist["counts"]),
+                "fractions": range_fractions(values, self.fmt, scale), "band": self.band()}
 
 
 class RangePanel(Panel):
@@ -233,56 +336,57 @@ class RangePanel(Panel):
 
     def __init__(self, tensors: dict[str, Any], fmt: str = "fp16", kind: str | None = None) -> None:
         super().__init__()
-        self.tensors = tensors
         kinds = [k for k in KINDS if k in tensors] + [k for k in tensors if k not in KINDS]
+        self.model = RangeModel(tensors, fmt=fmt, kind=kind or ("gradients" if "gradients" in kinds else kinds[0]))
+        self.tensors = tensors
         self.kind = widgets.Dropdown(options=[(t(f"prec.kind.{k}") if k in KINDS else k, k) for k in kinds],
-                                     value=kind or ("gradients" if "gradients" in kinds else kinds[0]),
-                                     description=t("prec.kind"))
+                                     value=self.model.kind, description=t("prec.kind"))
         self.format = widgets.Dropdown(options=list(FORMAT_NAMES), value=fmt, description=t("prec.format"))
-        self.scale_log2 = widgets.IntSlider(value=0, min=0, max=40, description=t("prec.scale"),
+        lo, hi = RangeModel.SCALE_RANGE
+        self.scale_log2 = widgets.IntSlider(value=0, min=lo, max=hi, description=t("prec.scale"),
                                             continuous_update=False)
         self.summary = widgets.HTML()
         self.fractions: dict[str, Any] = {}
-        self.fig = go.FigureWidget(self._new_figure())
-        for w in (self.kind, self.format, self.scale_log2):
-            w.observe(lambda _c: self.update(), names="value")
+        self.fig = go.FigureWidget(self._new_figure(None))
+        for w, name in ((self.kind, "kind"), (self.format, "fmt"), (self.scale_log2, "scale_log2")):
+            link(w, self.model, name)
+        self.model.observe(lambda _c: self.update(), names=traitlets.All)
         self.update()
         self.widget = widgets.VBox([widgets.HBox([self.kind, self.format, self.scale_log2]), self.message,
                                     self.fig, self.summary])
 
     def update(self) -> None:
-        values = self.tensors.get(self.kind.value)
-        if values is None or values.numel() == 0:
-            self.show_error(t("prec.no_tensor", kind=self.kind.value))
+        """Recompute the histogram and fractions from the model and redraw."""
+        try:
+            data = self.model.compute()
+        except PanelError as error:
+            self.show_error(error)
             return
         self.clear_error()
-        new = self._new_figure()
+        self.fractions = data["fractions"]
+        new = self._new_figure(data)
         with self.fig.batch_update():
             self.fig.data[0].update(new.data[0].to_plotly_json())
             self.fig.layout.shapes = new.layout.shapes
-        self.summary.value = t("prec.fractions", fmt=self.format.value, k=self.scale_log2.value,
+        self.summary.value = t("prec.fractions", fmt=self.model.fmt, k=self.model.scale_log2,
                                **{k: self.fractions[k] for k in ("underflow", "subnormal", "normal", "overflow",
                                                                  "count", "zeros")})
 
-    def _new_figure(self) -> go.Figure:
-        values = self.tensors.get(self.kind.value)
-        scale = 2.0 ** self.scale_log2.value
+    def _new_figure(self, data: dict[str, Any] | None) -> go.Figure:
         fig = go.Figure()
-        if values is not None and values.numel():
-            hist = log2_histogram(values, scale=scale, bin_width=0.5, low=-80, high=40)
-            self.fractions = range_fractions(values, self.format.value, scale)
-            edges = hist["edges"]
-            centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
-            fig.add_trace(go.Bar(x=centers, y=hist["counts"], width=0.5, marker_color="#555", name="log2|x|"))
+        if data is not None:
+            fig.add_trace(go.Bar(x=data["centers"], y=data["counts"], width=RangeModel.BIN, marker_color="#555",
+                                 name="log2|x|"))
         else:
             fig.add_trace(go.Bar(x=[], y=[]))
-        band = format_band(self.format.value)
-        fig.add_vrect(x0=-80, x1=band["log2_min_subnormal"] - 1, fillcolor="#d62728", opacity=0.12, line_width=0)
+        band = self.model.band()
+        lo, hi = RangeModel.LOW, RangeModel.HIGH
+        fig.add_vrect(x0=lo, x1=band["log2_min_subnormal"] - 1, fillcolor="#d62728", opacity=0.12, line_width=0)
         fig.add_vrect(x0=band["log2_min_subnormal"] - 1, x1=band["log2_min_normal"], fillcolor="#ff7f0e",
                       opacity=0.15, line_width=0)
         fig.add_vrect(x0=band["log2_min_normal"], x1=band["log2_max"], fillcolor="#2ca02c", opacity=0.10,
                       line_width=0)
-        fig.add_vrect(x0=band["log2_max"], x1=40, fillcolor="#d62728", opacity=0.12, line_width=0)
+        fig.add_vrect(x0=band["log2_max"], x1=hi, fillcolor="#d62728", opacity=0.12, line_width=0)
         fig.update_layout(title=t("prec.t.hist"), height=360, xaxis_title="log2|x·scale|", showlegend=False,
                           margin={"t": 50})
         return fig
@@ -291,10 +395,88 @@ class RangePanel(Panel):
         return [go.Figure(self.fig)]
 
 
+PRECISIONS = ("fp32", "amp-fp16", "amp-fp16-scaled", "amp-bf16", "bf16", "fp16")
+
+
+class TrainingComparisonModel(traitlets.HasTraits):
+    """The comparison's state: precisions ticked, loss multiplier, steps; the result and live steps.
+
+    :meth:`run` calls :func:`labkit.precision.mixed.compare_precisions` (or the ``compare_fn``
+    given); :meth:`traces` and :meth:`table` turn its structured records into the figure and table.
+    """
+
+    precisions = traitlets.Tuple(PRECISIONS[:5])
+    multiplier = traitlets.Float(1e-5)
+    steps = traitlets.Int(40)
+    MULTIPLIER_LOG10 = (-10, 0)
+    STEPS_RANGE = (2, 500)
+
+    def __init__(self, *, config: Any = None, result: dict[str, Any] | None = None,
+                 compare_fn: Callable[..., dict[str, Any]] | None = None, base: Any = None, store: Any = None,
+                 **state: Any) -> None:
+        super().__init__(**state)
+        if compare_fn is None:
+            from labkit.precision.mixed import compare_precisions as compare_fn
+        self.config, self.base, self.store, self.compare_fn = config, base, store, compare_fn
+        self.result = result
+        self.live: dict[str, list[dict[str, Any]]] = {}
+
+    @traitlets.validate("precisions")
+    def _known(self, proposal: dict[str, Any]) -> tuple[str, ...]:
+        chosen = tuple(proposal["value"])
+        bad = [p for p in chosen if p not in PRECISIONS]
+        if bad:
+            raise traitlets.TraitError(f"precisions: each must be one of {', '.join(PRECISIONS)}; got {bad[0]!r}")
+        return tuple(p for p in PRECISIONS if p in chosen)
+
+    def run_config(self) -> Any:
+        """The base run with this state's steps and loss multiplier (ValueError names a bad field)."""
+        from labkit.precision.mixed import demo_config
+
+        if self.config is not None:
+            return self.config.replace(steps=self.steps, loss_multiplier=self.multiplier)
+        return demo_config(steps=self.steps, loss_multiplier=self.multiplier)
+
+    def run(self, on_step: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Run the comparison for the ticked precisions; ``on_step(precision, step)`` as each step ends."""
+        if not self.precisions:
+            raise PanelError(t("prec.none"))
+        config = self.run_config()
+        self.live = {p: [] for p in self.precisions}
+
+        def step(precision: str, record: dict[str, Any]) -> None:
+            self.live.setdefault(precision, []).append(record)
+            if on_step is not None:
+                on_step(precision, record)
+
+        self.result = self.compare_fn(config, list(self.precisions), base=self.base, on_step=step, store=self.store)
+        return self.result
+
+    def traces(self, runs: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, list]]:
+        """Per precision: steps, finite losses (None where inf/NaN), the inf/NaN marks, loss scales."""
+        if runs is None:
+            runs = self.result["runs"] if self.result else {p: {"steps": s} for p, s in self.live.items()}
+        out = {}
+        for p in list(runs) or list(self.precisions):
+            steps = runs.get(p, {}).get("steps", [])
+            losses = [s["loss"] if s["loss"] is not None and math.isfinite(s["loss"]) else None for s in steps]
+            bad = [s for s in steps if s.get("nonfinite_grads") or s["loss"] is None or not math.isfinite(s["loss"])]
+            out[p] = {"x": [s["step"] for s in steps], "loss": losses, "nan_x": [s["step"] for s in bad],
+                      "nan_y": [_last_finite(losses)] * len(bad), "scale": [s.get("loss_scale") for s in steps]}
+        return out
+
+    def table(self) -> tuple[tuple[str, ...], list[list[str]]]:
+        """(column names, cells) of the result's summary table (empty before a run)."""
+        from labkit.precision.mixed import TABLE_COLUMNS, table_cells
+
+        rows = self.result["table"] if self.result else []
+        return TABLE_COLUMNS, [table_cells(r) for r in rows]
+
+
 class TrainingComparisonPanel(Panel):
     """Choose precisions, run the same fine-tuning in each: live loss curves, NaN marks, loss scale."""
 
-    PRECISIONS = ("fp32", "amp-fp16", "amp-fp16-scaled", "amp-bf16", "bf16", "fp16")
+    PRECISIONS = PRECISIONS
 
     def __init__(self, *, config: Any = None, result: dict[str, Any] | None = None,
                  compare_fn: Callable[..., dict[str, Any]] | None = None, base: Any = None,
@@ -302,25 +484,31 @@ class TrainingComparisonPanel(Panel):
         super().__init__()
         from labkit.precision.mixed import DEFAULT_PRECISIONS, UNDERFLOW_MULTIPLIER
 
-        self.config = config
-        self.base, self.store = base, store
-        if compare_fn is None:
-            from labkit.precision.mixed import compare_precisions as compare_fn
-        self._compare = compare_fn
+        self.model = TrainingComparisonModel(
+            config=config, result=result, compare_fn=compare_fn, base=base, store=store,
+            precisions=DEFAULT_PRECISIONS, steps=steps,
+            multiplier=loss_multiplier if loss_multiplier is not None else UNDERFLOW_MULTIPLIER)
+        self.config, self.base, self.store = config, base, store
         self.boxes = {p: widgets.Checkbox(value=p in DEFAULT_PRECISIONS, description=p, indent=False,
                                           layout={"width": "150px"}) for p in self.PRECISIONS}
-        self.multiplier = widgets.FloatLogSlider(
-            value=loss_multiplier if loss_multiplier is not None else UNDERFLOW_MULTIPLIER,
-            base=10, min=-10, max=0, step=1, description=t("prec.multiplier"))
-        self.steps = widgets.IntSlider(value=steps, min=2, max=500, description=t("prec.steps"))
+        lo, hi = TrainingComparisonModel.MULTIPLIER_LOG10
+        self.multiplier = widgets.FloatLogSlider(value=self.model.multiplier, base=10, min=lo, max=hi, step=1,
+                                                 description=t("prec.multiplier"))
+        lo, hi = TrainingComparisonModel.STEPS_RANGE
+        self.steps = widgets.IntSlider(value=steps, min=lo, max=hi, description=t("prec.steps"))
+        link(self.multiplier, self.model, "multiplier")
+        link(self.steps, self.model, "steps")
+        self._syncing = False
+        for box in self.boxes.values():
+            box.observe(self._model_from_boxes, names="value")
+        self.model.observe(self._boxes_from_model, names="precisions")
         self.run_button = widgets.Button(description=t("prec.run"), button_style="primary")
         self.run_button.on_click(lambda _b: self.run())
         self.status = widgets.HTML()
         self.table = widgets.HTML()
-        self.result = result
         self.fig = go.FigureWidget(self._new_figure(result["runs"] if result else {}))
         if result:
-            self._show_table(result["table"])
+            self._show_table()
         self.widget = widgets.VBox([
             widgets.HBox(list(self.boxes.values())),
             widgets.HBox([self.multiplier, self.steps, self.run_button]),
@@ -328,24 +516,37 @@ class TrainingComparisonPanel(Panel):
         ])
 
     @property
+    def result(self) -> dict[str, Any] | None:
+        """The last comparison (the model's)."""
+        return self.model.result
+
+    @property
     def selected(self) -> list[str]:
         return [p for p, box in self.boxes.items() if box.value]
+
+    def _model_from_boxes(self, _change: Any) -> None:
+        if not self._syncing:
+            self.model.precisions = tuple(self.selected)
+
+    def _boxes_from_model(self, _change: Any) -> None:
+        self._syncing = True
+        try:
+            for p, box in self.boxes.items():
+                box.value = p in self.model.precisions
+        finally:
+            self._syncing = False
 
     def _new_figure(self, runs: dict[str, dict[str, Any]]) -> go.Figure:
         fig = make_subplots(rows=2, cols=1, shared_xaxes=True, subplot_titles=[t("prec.t.loss"), t("prec.t.scale")],
                             row_heights=[0.65, 0.35], vertical_spacing=0.1)
-        precisions = list(runs) or self.selected
-        for i, p in enumerate(precisions):
-            steps = runs.get(p, {}).get("steps", [])
+        for i, (p, tr) in enumerate(self.model.traces(runs).items()):
             color = _PALETTE[i % len(_PALETTE)]
-            xs = [s["step"] for s in steps]
-            losses = [s["loss"] if s["loss"] is not None and math.isfinite(s["loss"]) else None for s in steps]
-            bad = [s for s in steps if s.get("nonfinite_grads") or s["loss"] is None or not math.isfinite(s["loss"])]
-            fig.add_trace(go.Scatter(x=xs, y=losses, mode="lines", name=p, line={"color": color}), row=1, col=1)
-            fig.add_trace(go.Scatter(x=[s["step"] for s in bad], y=[_last_finite(losses)] * len(bad), mode="markers",
+            fig.add_trace(go.Scatter(x=tr["x"], y=tr["loss"], mode="lines", name=p, line={"color": color}),
+                          row=1, col=1)
+            fig.add_trace(go.Scatter(x=tr["nan_x"], y=tr["nan_y"], mode="markers",
                                      marker={"symbol": "x", "size": 10, "color": color}, name=f"{p} inf/NaN",
                                      showlegend=False), row=1, col=1)
-            fig.add_trace(go.Scatter(x=xs, y=[s.get("loss_scale") for s in steps], mode="lines", name=f"{p} scale",
+            fig.add_trace(go.Scatter(x=tr["x"], y=tr["scale"], mode="lines", name=f"{p} scale",
                                      line={"color": color, "dash": "dot"}, showlegend=False), row=2, col=1)
         fig.update_yaxes(type="log", row=2, col=1)
         fig.update_xaxes(title_text="step", row=2, col=1)
@@ -360,17 +561,13 @@ class TrainingComparisonPanel(Panel):
 
     def run(self) -> dict[str, Any] | None:
         """Run the comparison for the ticked precisions, drawing every step as it comes."""
-        precisions = self.selected
+        precisions = list(self.model.precisions)
         if not precisions:
             self.show_error(t("prec.none"))
             return None
         self.clear_error()
-        from labkit.precision.mixed import demo_config
-
         try:
-            base_config = (self.config.replace(steps=self.steps.value, loss_multiplier=self.multiplier.value)
-                           if self.config is not None else
-                           demo_config(steps=self.steps.value, loss_multiplier=self.multiplier.value))
+            self.model.run_config()
         except ValueError as error:
             self.show_error(error)
             return None
@@ -385,16 +582,15 @@ class TrainingComparisonPanel(Panel):
             self._append(precision, step)
 
         try:
-            result = self._compare(base_config, precisions, base=self.base, on_step=on_step, store=self.store)
+            result = self.model.run(on_step)
         except Exception as error:  # never a traceback in the panel
             self.show_error(f"{type(error).__name__}: {error}")
             return None
-        self.result = result
         fig = self._new_figure(result["runs"])  # redraw from the records (reused runs have no live steps)
         with self.fig.batch_update():
             for i, trace in enumerate(fig.data):
                 self.fig.data[i].update(trace.to_plotly_json())
-        self._show_table(result["table"])
+        self._show_table()
         self.status.value = t("prec.done", n=len(result["runs"]))
         return result
 
@@ -413,14 +609,11 @@ class TrainingComparisonPanel(Panel):
             st.x = tuple(st.x or ()) + (step["step"],)
             st.y = tuple(st.y or ()) + (step.get("loss_scale"),)
 
-    def _show_table(self, rows: list[dict[str, Any]]) -> None:
-        from labkit.precision.mixed import format_table
-
-        lines = format_table(rows).splitlines()
-        cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines if not line.startswith("|---")]
-        head = "".join(f"<th style='padding:2px 6px'>{html.escape(c)}</th>" for c in cells[0])
+    def _show_table(self) -> None:
+        columns, cells = self.model.table()
+        head = "".join(f"<th style='padding:2px 6px'>{html.escape(c)}</th>" for c in columns)
         body = "".join("<tr>" + "".join(f"<td style='padding:2px 6px'>{html.escape(c)}</td>" for c in row) + "</tr>"
-                       for row in cells[1:])
+                       for row in cells)
         self.table.value = f"<table><tr>{head}</tr>{body}</table>"
 
     def figures(self) -> list[go.Figure]:

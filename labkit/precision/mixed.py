@@ -161,17 +161,21 @@ def summarize(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+TABLE_COLUMNS = ("precision", "status", "loss first → final", "inf/NaN steps", "skipped", "final scale", "s/step",
+                 "× fp32", "grad-norm × fp32", "zero layer grads", "peak MB")
+
+
+def table_cells(r: dict[str, Any]) -> list[str]:
+    """One :func:`summarize` row as the text of the table's cells (:data:`TABLE_COLUMNS`)."""
+    scale = "—" if r["final_loss_scale"] is None else f"{r['final_loss_scale']:.0f}"
+    return [r["precision"], r["status"], f"{r['first_loss']:.3f} → {r['final_loss']:.3f}", f"{r['nonfinite_steps']}",
+            f"{r['skipped_steps']}", scale, f"{r['seconds_per_step']:.3f}", f"{r['time_ratio']:.2f}",
+            f"{r['grad_norm_ratio']:.2g}", f"{r.get('zero_grad_fraction', math.nan):.1%}",
+            f"{r['peak_memory_bytes'] / 2**20:.1f}"]
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The comparison as a Markdown table (what the closing note and the benchmark print)."""
-    head = ("| precision | status | loss first → final | inf/NaN steps | skipped | final scale "
-            "| s/step | × fp32 | grad-norm × fp32 | zero layer grads | peak MB |")
-    lines = [head, "|" + "---|" * 11]
-    for r in rows:
-        scale = "—" if r["final_loss_scale"] is None else f"{r['final_loss_scale']:.0f}"
-        lines.append(
-            f"| {r['precision']} | {r['status']} | {r['first_loss']:.3f} → {r['final_loss']:.3f} "
-            f"| {r['nonfinite_steps']} | {r['skipped_steps']} | {scale} | {r['seconds_per_step']:.3f} "
-            f"| {r['time_ratio']:.2f} | {r['grad_norm_ratio']:.2g} | {r.get('zero_grad_fraction', math.nan):.1%} "
-            f"| {r['peak_memory_bytes'] / 2**20:.1f} |"
-        )
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    lines += ["| " + " | ".join(table_cells(r)) + " |" for r in rows]
     return "\n".join(lines)
