@@ -47,14 +47,18 @@ def traces(panel, name_part):
 def test_rank_slider_drives_formula():
     panel = LoRAPanel(config=CONFIG)
     panel.rank.value = 16
+    assert panel.model.rank == 16
     counts = lora_parameter_count(CONFIG, 16, ("q_proj", "k_proj", "v_proj", "o_proj"))
-    assert f"{counts['total']:,}" in panel.formula.value
-    assert "16·(128+64)" in panel.formula.value  # k_proj under GQA: 2 KV heads × 32
+    f = panel.model.formula()
+    assert f["total"] == counts["total"]
+    k = f["per_module"]["k_proj"]
+    assert (k["d_in"], k["d_out"], k["lora"]) == (128, 64, 16 * (128 + 64))  # k_proj under GQA: 2 KV heads × 32
     panel.target_boxes["down_proj"].value = True
+    assert panel.model.targets == ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
     counts2 = lora_parameter_count(CONFIG, 16, ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj"))
     assert counts2["total"] > counts["total"]
-    assert f"{counts2['total']:,}" in panel.formula.value
-    assert f"{counts2['percent']:.3f}%" in panel.formula.value
+    assert panel.model.formula()["total"] == counts2["total"]
+    assert panel.model.formula()["percent"] == counts2["percent"]
     # the formula line in the params subplot follows the checkboxes too
     line = traces(panel, "formula")[0]
     assert list(line.y)[list(line.x).index(16)] == counts2["total"]
@@ -64,9 +68,9 @@ def test_alpha_policy_changes_scaling():
     panel = LoRAPanel(config=CONFIG)
     panel.rank.value = 16
     panel.alpha_policy.value = "rslora"
-    assert "4" in panel.formula.value.split("scaling of B·A:")[1][:4]  # 16/√16
+    assert panel.model.formula()["scaling"] == pytest.approx(4.0)  # 16/√16
     panel.alpha_policy.value = "fixed"
-    assert "scaling of B·A: 1<" in panel.formula.value or "scaling of B·A: 1 " in panel.formula.value
+    assert panel.model.formula()["scaling"] == pytest.approx(1.0)  # 16/16
 
 
 def test_no_targets_is_an_error_not_a_traceback():
@@ -80,15 +84,33 @@ def test_no_targets_is_an_error_not_a_traceback():
     assert panel.error == ""
 
 
+def _validating_sweep(calls):
+    """A sweep that validates like the real one (sweep_configs builds each TrainConfig) but trains nothing."""
+    from labkit.lora.sweep import sweep_configs
+
+    def sweep(model, task, ranks, *, callbacks, on_point, progress, store, **kw):
+        calls.append(list(ranks))
+        sweep_configs(model, task, ranks, **kw)
+        return {"model": model, "task": task, "points": []}
+
+    return sweep
+
+
 def test_bad_ranks_text():
     calls = []
-    panel = LoRAPanel(config=CONFIG, sweep_fn=lambda *a, **k: calls.append(1))
+    panel = LoRAPanel(config=CONFIG, sweep_fn=_validating_sweep(calls))
     panel.ranks_text.value = "1,two,4"
+    assert panel.model.ranks == [1, 2, 4, 8, 16, 64]  # the model keeps its last good ranks
+    assert "ranks" in panel.input_errors
     assert panel.run_sweep() is None
-    assert "ranks" in panel.error and not calls
+    assert "ranks" in panel.errors[0] and not calls
     panel.ranks_text.value = "0,4"
-    panel.run_sweep()
-    assert "[1, 4096]" in panel.error
+    assert panel.model.ranks == [0, 4] and panel.input_errors == {}
+    assert panel.run_sweep() is None
+    assert calls == [[0, 4]]  # the range is the sweep's to check, once
+    assert "ranks" in panel.errors[0] and "[1, 4096]" in panel.errors[0]
+    panel.model.ranks = [2, 8]
+    assert panel.ranks_text.value == "2,8"
 
 
 def test_result_plots_and_table():
@@ -102,7 +124,8 @@ def test_result_plots_and_table():
     assert failed and all(list(tr.x) == [16] for tr in failed)
     assert "nan" in failed[0].text[0]
     assert panel.fig.layout.yaxis3.type == "log"  # trainable params on a log axis
-    assert "#fde7ea" in panel.table.value and panel.table.value.count("<tr") == 5
+    rows = panel.rows()
+    assert len(rows) == 4 and [r["failed"] for r in rows] == [False, False, False, True]
     panel.metric.value = "eval_loss"
     quality = [tr for tr in panel.fig.data if tr.name == "lora α=2r attention" and tr.xaxis == "x2"][0]
     assert list(quality.y) == [1.0, 1.0]
@@ -137,7 +160,7 @@ def test_run_button_progress_and_live_curves():
     assert seen["ranks"] == [2, 8] and seen["steps"] == 7 and seen["alpha_policies"] == ("rslora",)
     assert seen["target_sets"] == (("q_proj", "k_proj", "v_proj", "o_proj", "up_proj"),)
     assert panel.progress.max == 3 and panel.progress.value == 3
-    assert "3 points" in panel.status.value
+    assert panel.model.ranks == [2, 8] and len(panel.result["points"]) == 3
     loss_traces = [tr for tr in panel.fig.data if tr.xaxis == "x"]
     assert len(loss_traces) == 3 and list(loss_traces[0].y) == [3.0, 2.0, 1.0]
 
@@ -153,7 +176,9 @@ def test_serving_chart():
     panel.serving_button.click()
     bars = [tr for tr in panel.fig.data if isinstance(tr, go.Bar)]
     assert list(bars[0].x) == ["base", "attached", "merged"] and list(bars[0].y) == [1.0, 1.3, 1.0]
-    assert "4 tasks" in panel.serving_summary.value
+    assert panel.model.serving is serving
+    bar = [tr for tr in panel.model.traces() if tr["type"] == "bar"][0]
+    assert bar["pos"] == (3, 2) and bar["y"] == [1.0, 1.3, 1.0]
 
 
 def test_strings_have_korean():
