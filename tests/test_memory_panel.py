@@ -43,13 +43,14 @@ def test_sliders_redraw_from_the_estimator() -> None:
 def test_verdict_and_cheapest_fixes() -> None:
     p = MemoryPanel("llama-3.1-8b", setup=MemorySetup(method="full", precision="amp-bf16", batch=4, seq=2048))
     p.gpu.value = 24
-    assert "Does not fit" in p.verdict.value and p.fixes
-    assert "saves" in p.verdict.value
+    assert p.model.gpu_gb == 24 and p.result.total > p.model.gpu_bytes and p.fixes  # does not fit
+    assert "saves" in p.fixes[0].text()
     p.model_dd.value = "smollm2-135m"
     p.method.value = "lora"
     p.batch.value = 1
     p.seq.value = 512
-    assert "Fits" in p.verdict.value
+    assert p.model.current_model == "smollm2-135m" and p.result.total <= p.model.gpu_bytes and not p.fixes
+    assert p.result.total == estimate("smollm2-135m", p.model.setup()).total
     p.gpu.value = 80
     assert p.fig.data[8].y[0] == 80
 
@@ -73,14 +74,29 @@ def test_measure_button_overlays_measured_bars() -> None:
     assert measured is not None and p.error == ""
     assert p.fig.data[0].y[1] == pytest.approx(measured.bytes["weights"] / GiB)
     assert p.fig.data[3].y[1] > 0 and p.fig.data[11].y[0] > 0
-    assert "Measured" in p.note.value
+    assert p.measured is measured and p.fig.data[7].y[1] == pytest.approx(measured.peak / GiB)
     traced = p.run_trace()
-    assert traced is not None and "exact trace" in p.note.value
+    assert traced is not None and traced["formula_saved"] == estimate(p.model.given, p.setup(device="cpu")).saved
+    assert traced["activations"] > 0
 
 
 def test_measure_refuses_what_does_not_fit_here() -> None:
     p = MemoryPanel("llama-3.1-70b", setup=MemorySetup(method="full", batch=1, seq=512), device="cpu")
     assert p.run_measure() is None and "free" in p.error
+
+
+def test_model_alone_and_widget_wiring() -> None:
+    from labkit.panels.memory import MemoryPanelModel
+
+    m = MemoryPanelModel("gpt2", setup=MemorySetup(batch=2, seq=300))
+    assert m.seq == 256 and m.model_key == "gpt2"  # the nearest sequence length the panel offers
+    state = m.compute()
+    assert state["result"].total == estimate("gpt2", m.setup()).total
+    assert state["seq_curve"][1] == sorted(state["seq_curve"][1])
+    p = MemoryPanel("gpt2", setup=MemorySetup(batch=2, seq=256))
+    p.grad_accum.value = 4
+    p.model.zero = 2
+    assert p.model.grad_accum == 4 and p.zero.value == 2 and p.setup().zero == 2
 
 
 def test_figures_and_strings() -> None:

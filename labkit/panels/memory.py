@@ -1,10 +1,11 @@
 """Will it fit? The memory panel: every setup option → stacked breakdown, verdict, cheapest fixes,
 memory vs sequence length and vs batch — and a Measure button that runs the same setup for real.
 
-Model/view split: :func:`labkit.memory.estimate.estimate` (pure formulas, fast enough to redraw on
+Model/view split: :class:`MemoryPanelModel` (``panel.model``) holds one field per control and
+computes with :func:`labkit.memory.estimate.estimate` (pure formulas, fast enough to redraw on
 every slider move), :func:`labkit.memory.advice.fixes`, :func:`labkit.memory.measure.measure` and
-:func:`labkit.memory.trace.trace_activations` compute; this panel wires controls and draws one
-``go.FigureWidget`` with three subplots.
+:func:`labkit.memory.trace.trace_activations`; the panel links its controls to the model and draws
+one ``go.FigureWidget`` with three subplots. (The model given to the panel is ``panel.model.given``.)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
+import traitlets
 from plotly.subplots import make_subplots
 
 from labkit.i18n import register, t
@@ -22,7 +24,7 @@ from labkit.memory.arch import ArchError, arch_info, catalog_names
 from labkit.memory.breakdown import COMPONENTS, GiB, Breakdown, fmt_bytes
 from labkit.memory.estimate import estimate
 from labkit.memory.setup import ATTN, METHODS, MODES, OPTIMIZERS, PRECISIONS, MemorySetup, SetupError
-from labkit.panels.base import Panel
+from labkit.panels.base import Panel, link
 
 register({
     "mem.model": ("Model", "모델"),
@@ -76,6 +78,106 @@ COLORS = {"weights": "#1f77b4", "gradients": "#ff7f0e", "optimizer": "#2ca02c", 
           "logits": "#9467bd", "kv_cache": "#8c564b", "overhead": "#7f7f7f"}
 
 
+GIVEN = "__given__"  # the model_key of a model passed in (a config or a path), not from the catalog
+
+
+class MemoryPanelModel(traitlets.HasTraits):
+    """The memory panel's state — one field per control — and the estimate it gives.
+
+    :meth:`setup` is the :class:`labkit.memory.setup.MemorySetup` the state describes;
+    :meth:`compute` runs the pure estimator (:func:`labkit.memory.estimate.estimate`), the two
+    curves (peak vs sequence length, vs batch) and, when it does not fit, the cheapest fixes.
+    """
+
+    model_key = traitlets.Unicode()
+    method = traitlets.Unicode("lora")
+    rank = traitlets.Int(8)
+    targets = traitlets.Any(TARGET_CHOICES[0][1])
+    precision = traitlets.Unicode("bf16")
+    optimizer = traitlets.Unicode("adamw")
+    batch = traitlets.Int(4)
+    seq = traitlets.Int(1024)
+    grad_accum = traitlets.Int(1)
+    checkpointing = traitlets.Bool(False)
+    attn = traitlets.Unicode("sdpa")
+    mode = traitlets.Unicode("train")
+    gen_len = traitlets.Int(0)
+    gpus = traitlets.Int(1)
+    zero = traitlets.Int(0)
+    gpu_gb = traitlets.Int(24)
+    FIELDS = ("method", "rank", "targets", "precision", "optimizer", "batch", "seq", "grad_accum", "checkpointing",
+              "attn", "mode", "gen_len", "gpus", "zero")
+
+    def __init__(self, model: Any = "llama-3.2-1b", *, setup: MemorySetup | None = None, gpu_gb: int = 24,
+                 device: str = "cpu") -> None:
+        s = setup or MemorySetup(method="lora", precision="bf16", batch=4, seq=1024, device="cuda")
+        names = catalog_names()
+        key = model if isinstance(model, str) and model in names else GIVEN
+        super().__init__(model_key=key, gpu_gb=gpu_gb, targets=_target_value(s.targets),
+                         seq=_nearest(s.seq, SEQ_CHOICES),
+                         **{f: getattr(s, f) for f in self.FIELDS if f not in ("targets", "seq")})
+        self.given, self.device = model, device
+
+    @property
+    def current_model(self) -> Any:
+        """The catalog name chosen, or the model given to the panel."""
+        return self.given if self.model_key == GIVEN else self.model_key
+
+    @property
+    def gpu_bytes(self) -> int:
+        return int(self.gpu_gb * GiB)
+
+    def setup(self, **changes: Any) -> MemorySetup:
+        """The setup the state describes (``changes`` override; raises SetupError if invalid)."""
+        values = {f: getattr(self, f) for f in self.FIELDS}
+        values["device"] = "cuda"
+        values.update(changes)
+        if values["method"] == "qlora" and values["precision"] in ("fp16", "bf16"):
+            values["precision"] = "amp-" + values["precision"]  # QLoRA keeps fp32 master params
+            values["compute_dtype"] = values["precision"][4:]
+        return MemorySetup(**values)
+
+    def curve(self, setup: MemorySetup, field: str, values: tuple[int, ...]) -> tuple[list, list]:
+        """Peak GB as one field of ``setup`` takes each of ``values`` (invalid values left out)."""
+        model = self.current_model
+        xs, ys = [], []
+        for v in values:
+            try:
+                ys.append(estimate(model, setup.replace(**{field: v})).total / GiB)
+                xs.append(v)
+            except (SetupError, ValueError):
+                pass
+        return xs, ys
+
+    def compute(self) -> dict[str, Any]:
+        """The estimate, the curves and the fixes for this state (SetupError/ArchError/ValueError if invalid)."""
+        setup = self.setup()
+        model = self.current_model
+        result = estimate(model, setup)
+        return {
+            "setup": setup, "result": result,
+            "seq_curve": self.curve(setup, "seq", SEQ_CHOICES),
+            "batch_curve": self.curve(setup, "batch", BATCH_CURVE),
+            "fixes": fixes(model, setup, self.gpu_bytes, base_total=result.total)
+            if result.total > self.gpu_bytes else [],
+            "formula": formula_lines(model, setup, result),
+        }
+
+    def measure(self, steps: int = 3) -> Breakdown:
+        """Run ``steps`` real steps of this setup on ``device`` (MeasureRefused if it would not fit)."""
+        from labkit.memory.measure import measure
+
+        return measure(self.current_model, self.setup(device=self.device), steps=steps, device=self.device)
+
+    def trace(self) -> dict[str, Any]:
+        """The exact activation inventory (fake-tensor forward) and the formula's number beside it."""
+        from labkit.memory.trace import trace_activations
+
+        setup = self.setup(device="cpu")
+        traced = trace_activations(self.current_model, setup)
+        return {**traced, "formula_saved": estimate(self.current_model, setup).saved}
+
+
 class MemoryPanel(Panel):
     """Estimate memory live for any setup; measure it on this machine with one click."""
 
@@ -84,34 +186,32 @@ class MemoryPanel(Panel):
         super().__init__()
         import torch
 
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = model
-        s = setup or MemorySetup(method="lora", precision="bf16", batch=4, seq=1024, device="cuda")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = MemoryPanelModel(model, setup=setup, gpu_gb=gpu_gb, device=device)
+        m = self.model
         names = catalog_names()
         model_options = [(n, n) for n in names]
-        if not (isinstance(model, str) and model in names):
-            model_options.insert(0, (_model_label(model), "__given__"))
-        self.model_dd = widgets.Dropdown(options=model_options, description=t("mem.model"),
-                                         value=model if isinstance(model, str) and model in names else "__given__")
-        self.method = widgets.Dropdown(options=list(METHODS), value=s.method, description=t("mem.method"))
-        self.rank = widgets.IntSlider(value=s.rank, min=1, max=512, description=t("mem.rank"), continuous_update=False)
-        self.targets = widgets.Dropdown(options=list(TARGET_CHOICES), value=_target_value(s.targets),
-                                        description=t("mem.targets"))
-        self.precision = widgets.Dropdown(options=list(PRECISIONS), value=s.precision, description=t("mem.precision"))
-        self.optimizer = widgets.Dropdown(options=list(OPTIMIZERS), value=s.optimizer, description=t("mem.optimizer"))
-        self.batch = widgets.IntSlider(value=s.batch, min=0, max=128, description=t("mem.batch"),
+        if m.model_key == GIVEN:
+            model_options.insert(0, (_model_label(model), GIVEN))
+        self.model_dd = widgets.Dropdown(options=model_options, description=t("mem.model"), value=m.model_key)
+        self.method = widgets.Dropdown(options=list(METHODS), value=m.method, description=t("mem.method"))
+        self.rank = widgets.IntSlider(value=m.rank, min=1, max=512, description=t("mem.rank"), continuous_update=False)
+        self.targets = widgets.Dropdown(options=list(TARGET_CHOICES), value=m.targets, description=t("mem.targets"))
+        self.precision = widgets.Dropdown(options=list(PRECISIONS), value=m.precision, description=t("mem.precision"))
+        self.optimizer = widgets.Dropdown(options=list(OPTIMIZERS), value=m.optimizer, description=t("mem.optimizer"))
+        self.batch = widgets.IntSlider(value=m.batch, min=0, max=128, description=t("mem.batch"),
                                        continuous_update=False)
-        self.seq = widgets.SelectionSlider(options=list(SEQ_CHOICES), value=_nearest(s.seq, SEQ_CHOICES),
-                                           description=t("mem.seq"), continuous_update=False)
-        self.grad_accum = widgets.IntSlider(value=s.grad_accum, min=1, max=64, description=t("mem.accum"),
+        self.seq = widgets.SelectionSlider(options=list(SEQ_CHOICES), value=m.seq, description=t("mem.seq"),
+                                           continuous_update=False)
+        self.grad_accum = widgets.IntSlider(value=m.grad_accum, min=1, max=64, description=t("mem.accum"),
                                             continuous_update=False)
-        self.checkpointing = widgets.Checkbox(value=s.checkpointing, description=t("mem.ckpt"), indent=False)
-        self.attn = widgets.Dropdown(options=list(ATTN), value=s.attn, description=t("mem.attn"))
-        self.mode = widgets.Dropdown(options=list(MODES), value=s.mode, description=t("mem.mode"))
-        self.gen_len = widgets.IntSlider(value=s.gen_len, min=0, max=8192, step=64, description=t("mem.gen"),
+        self.checkpointing = widgets.Checkbox(value=m.checkpointing, description=t("mem.ckpt"), indent=False)
+        self.attn = widgets.Dropdown(options=list(ATTN), value=m.attn, description=t("mem.attn"))
+        self.mode = widgets.Dropdown(options=list(MODES), value=m.mode, description=t("mem.mode"))
+        self.gen_len = widgets.IntSlider(value=m.gen_len, min=0, max=8192, step=64, description=t("mem.gen"),
                                          continuous_update=False)
-        self.gpus = widgets.IntSlider(value=s.gpus, min=1, max=16, description=t("mem.gpus"), continuous_update=False)
-        self.zero = widgets.Dropdown(options=[0, 1, 2, 3], value=s.zero, description=t("mem.zero"))
+        self.gpus = widgets.IntSlider(value=m.gpus, min=1, max=16, description=t("mem.gpus"), continuous_update=False)
+        self.zero = widgets.Dropdown(options=[0, 1, 2, 3], value=m.zero, description=t("mem.zero"))
         self.gpu = widgets.Dropdown(options=[(f"{g} GB", g) for g in GPU_PRESETS], value=gpu_gb,
                                     description=t("mem.gpu"))
         self.measure_button = widgets.Button(description=t("mem.measure"), icon="play")
@@ -119,15 +219,15 @@ class MemoryPanel(Panel):
         self.verdict = widgets.HTML()
         self.note = widgets.HTML()
         self.formula = widgets.HTML()
-        self.result: Breakdown | None = None
+        self.state: dict[str, Any] | None = None
         self.measured: Breakdown | None = None
-        self.fixes: list = []
         self.fig = go.FigureWidget(self._empty_figure())
         self.controls = (self.model_dd, self.method, self.rank, self.targets, self.precision, self.optimizer,
                          self.batch, self.seq, self.grad_accum, self.checkpointing, self.attn, self.mode,
                          self.gen_len, self.gpus, self.zero, self.gpu)
-        for w in self.controls:
-            w.observe(lambda _c: self.update(), names="value")
+        for w, name in zip(self.controls, ("model_key", *MemoryPanelModel.FIELDS, "gpu_gb")):
+            link(w, m, name)
+        m.observe(lambda _c: self.update(), names=traitlets.All)
         self.measure_button.on_click(lambda _b: self.run_measure())
         self.trace_button.on_click(lambda _b: self.run_trace())
         self.update()
@@ -140,27 +240,24 @@ class MemoryPanel(Panel):
             self.message, self.verdict, self.fig, self.note, self.formula,
         ])
 
-    # -- model -------------------------------------------------------------------------------
+    # -- the model's state, by the names the labs use -----------------------------------------
+    device = property(lambda self: self.model.device)
+    current_model = property(lambda self: self.model.current_model)
+    gpu_bytes = property(lambda self: self.model.gpu_bytes)
+
     @property
-    def current_model(self) -> Any:
-        return self.model if self.model_dd.value == "__given__" else self.model_dd.value
+    def result(self) -> Breakdown | None:
+        """The estimate now drawn."""
+        return self.state["result"] if self.state else None
+
+    @property
+    def fixes(self) -> list:
+        """The cheapest fixes now shown (empty when it fits)."""
+        return self.state["fixes"] if self.state else []
 
     def setup(self, **changes: Any) -> MemorySetup:
         """The setup the controls describe (``changes`` override; raises SetupError if invalid)."""
-        values = dict(method=self.method.value, rank=self.rank.value, targets=self.targets.value,
-                      precision=self.precision.value, optimizer=self.optimizer.value, batch=self.batch.value,
-                      seq=self.seq.value, grad_accum=self.grad_accum.value, checkpointing=self.checkpointing.value,
-                      attn=self.attn.value, mode=self.mode.value, gen_len=self.gen_len.value,
-                      gpus=self.gpus.value, zero=self.zero.value, device="cuda")
-        values.update(changes)
-        if values["method"] == "qlora" and values["precision"] in ("fp16", "bf16"):
-            values["precision"] = "amp-" + values["precision"]  # QLoRA keeps fp32 master params
-            values["compute_dtype"] = values["precision"][4:]
-        return MemorySetup(**values)
-
-    @property
-    def gpu_bytes(self) -> int:
-        return int(self.gpu.value * GiB)
+        return self.model.setup(**changes)
 
     # -- drawing -----------------------------------------------------------------------------
     def _empty_figure(self) -> go.Figure:
@@ -192,48 +289,34 @@ class MemoryPanel(Panel):
         return fig
 
     def update(self) -> None:
-        """Recompute the estimate (pure formulas) and redraw; bad input → a message, no traceback."""
-        self.rank.disabled = self.method.value == "full"
-        self.targets.disabled = self.method.value == "full"
-        self.gen_len.disabled = self.mode.value == "train"
+        """Recompute the estimate (pure formulas) from the model and redraw; bad input → a message."""
+        m = self.model
+        self.rank.disabled = m.method == "full"
+        self.targets.disabled = m.method == "full"
+        self.gen_len.disabled = m.mode == "train"
         try:
-            setup = self.setup()
-            model = self.current_model
-            result = estimate(model, setup)
-            seq_curve = self._curve(model, setup, "seq", SEQ_CHOICES)
-            batch_curve = self._curve(model, setup, "batch", BATCH_CURVE)
-            self.fixes = fixes(model, setup, self.gpu_bytes, base_total=result.total) \
-                if result.total > self.gpu_bytes else []
+            state = m.compute()
         except (SetupError, ArchError, ValueError, NotImplementedError) as error:
             self.show_error(error)
             return
         self.clear_error()
-        self.result = result
+        self.state = state
         self.measured = None
+        result = state["result"]
         gb = [result.bytes[k] / GiB for k in COMPONENTS]
-        gpu = self.gpu.value
+        gpu = m.gpu_gb
         with self.fig.batch_update():
             for i, value in enumerate(gb):
                 self.fig.data[i].y = [value, 0]
             self.fig.data[7].y = [result.total / GiB, None]
             self.fig.data[8].y = [gpu, gpu]
-            for idx, (xs, ys) in ((9, seq_curve), (12, batch_curve)):
+            for idx, (xs, ys) in ((9, state["seq_curve"]), (12, state["batch_curve"])):
                 self.fig.data[idx].x, self.fig.data[idx].y = xs, ys
                 self.fig.data[idx + 1].x, self.fig.data[idx + 1].y = [xs[0], xs[-1]] if xs else [], [gpu, gpu]
                 self.fig.data[idx + 2].x, self.fig.data[idx + 2].y = [], []
         self.verdict.value = self._verdict_html(result)
-        self.formula.value = self._formula_html(setup)
+        self.formula.value = self._formula_html(state["formula"])
         self.note.value = ""
-
-    def _curve(self, model: Any, setup: MemorySetup, field: str, values: tuple[int, ...]) -> tuple[list, list]:
-        xs, ys = [], []
-        for v in values:
-            try:
-                xs.append(v)
-                ys.append(estimate(model, setup.replace(**{field: v})).total / GiB)
-            except (SetupError, ValueError):
-                xs.pop()
-        return xs, ys
 
     def _verdict_html(self, r: Breakdown) -> str:
         gpu = self.gpu_bytes
@@ -246,8 +329,7 @@ class MemoryPanel(Panel):
         tail = f"{html.escape(t('mem.fixes'))}<ul>{items}</ul>" if self.fixes else html.escape(t("mem.nofix"))
         return f'<div style="color:#b00020;font-weight:600">{html.escape(text)}</div>{tail}'
 
-    def _formula_html(self, setup: MemorySetup) -> str:
-        rows = formula_lines(self.current_model, setup, self.result)
+    def _formula_html(self, rows: list[tuple[str, str, str]]) -> str:
         body = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td><code>{html.escape(f)}</code></td>"
                        f"<td style='text-align:right'>{html.escape(v)}</td></tr>" for k, f, v in rows)
         return f"<details><summary>{html.escape(t('mem.formula'))}</summary><table>{body}</table></details>"
@@ -255,12 +337,12 @@ class MemoryPanel(Panel):
     # -- actions -----------------------------------------------------------------------------
     def run_measure(self, steps: int = 3) -> Breakdown | None:
         """Run ``steps`` real steps of this setup here and overlay the measured bars."""
-        from labkit.memory.measure import MeasureRefused, measure
+        from labkit.memory.measure import MeasureRefused
 
         try:
             setup = self.setup(device=self.device)
             self.note.value = html.escape(t("mem.measuring", steps=steps))
-            measured = measure(self.current_model, setup, steps=steps, device=self.device)
+            measured = self.model.measure(steps)
         except (SetupError, ArchError, ValueError, MeasureRefused) as error:
             self.show_error(error)
             self.note.value = ""
@@ -285,16 +367,12 @@ class MemoryPanel(Panel):
 
     def run_trace(self) -> dict[str, Any] | None:
         """The exact activation inventory (fake-tensor forward) beside the formula's number."""
-        from labkit.memory.trace import trace_activations
-
         try:
-            setup = self.setup(device="cpu")
-            traced = trace_activations(self.current_model, setup)
-            formula = estimate(self.current_model, setup)
+            traced = self.model.trace()
         except (SetupError, ArchError, ValueError) as error:
             self.show_error(error)
             return None
-        f_bytes, t_bytes = formula.saved, traced["activations"] + traced["logits"]
+        f_bytes, t_bytes = traced["formula_saved"], traced["activations"] + traced["logits"]
         diff = (f_bytes - t_bytes) / t_bytes * 100 if t_bytes else 0.0
         self.note.value = html.escape(t("mem.traced", formula=fmt_bytes(f_bytes), trace=fmt_bytes(t_bytes), diff=diff))
         return traced
@@ -350,4 +428,4 @@ def _nearest(value: int, choices: tuple[int, ...]) -> int:
     return min(choices, key=lambda c: abs(c - value))
 
 
-__all__ = ["MemoryPanel", "GPU_PRESETS", "formula_lines"]
+__all__ = ["MemoryPanel", "MemoryPanelModel", "GPU_PRESETS", "formula_lines"]
