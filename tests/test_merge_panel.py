@@ -68,7 +68,8 @@ def test_accuracy_curve_and_marker_follow_method(built):
     panel.method.value = "slerp"
     panel.t.value = 0.25
     assert panel.fig.data[TRACES["acc_b"]].y == tuple(path.curve("slerp").acc_b)
-    assert "0.25" in panel.summary.value
+    data = panel.model.figure_data()
+    assert (data["param"], data["value"], data["curve"].values[data["index"]]) == ("t", 0.25, 0.25)
     assert panel.t.disabled is False and panel.lam.disabled is True
     panel.method.value = "task_arithmetic"
     assert panel.t.disabled is True and panel.lam.disabled is False and panel.density.disabled is True
@@ -100,12 +101,16 @@ def test_schedule_norms_and_bad_schedule(built):
     panel.schedule.value = "0, 1"
     assert list(panel.fig.data[TRACES["schedule"]].y) == pytest.approx([0, 1 / 3, 2 / 3, 1])
     assert panel.error == ""
+    assert panel.model.schedule == [0.0, 1.0]
     panel.schedule.value = "0, 1.5"
-    assert "per-layer t" in panel.error and "[0, 1]" in panel.error
+    assert "per-layer t" in panel.errors[0] and "[0, 1]" in panel.errors[0]
+    assert panel.model.schedule == [0.0, 1.0]  # the model keeps the last schedule that parsed
+    assert panel.evaluate_schedule() is None
     panel.schedule.value = "x"
-    assert "schedule" in panel.error
+    assert "schedule" in panel.input_errors["schedule"]
     panel.schedule.value = ""
-    assert panel.error == ""
+    assert panel.error == "" and panel.model.schedule is None
+    assert list(panel.fig.data[TRACES["schedule"]].y) == [panel.model.t] * 4  # one t for every layer
 
 
 def test_evaluate_schedule_uses_live_evaluator(built):
@@ -116,7 +121,23 @@ def test_evaluate_schedule_uses_live_evaluator(built):
     result = panel.evaluate_schedule()
     assert ev.calls == before + 1 and 0 <= result["acc_a"] <= 1
     loaded = MergePanel(MergePath.from_json(path.to_json()))
-    assert loaded.evaluate_schedule() is None and "rebuild" in loaded.error
+    assert loaded.evaluate_schedule() is None and "rebuild" in loaded.errors[0]
+
+
+def test_model_alone(built):
+    from labkit.panels.merge import MergePanelModel
+
+    path, ev = built
+    m = MergePanelModel(path, method="dare_ties", density=0.65, lam=0.5)
+    before = ev.calls
+    data = m.figure_data()
+    assert data["curve"].density == 0.7 and data["norms"] == path.curve("dare_ties", 0.7).layer_norms[1]
+    assert data["plane"]["point"] is None and data["plane"]["note"]
+    m.method = "task_arithmetic"
+    m.vectors = "weights"
+    m.method = "ties"
+    assert m.vectors == "task"  # λ methods show task vectors
+    assert ev.calls == before
 
 
 def test_json_roundtrip_and_figures(built):

@@ -1,6 +1,7 @@
 """Merge panel: pick a method, move t (or λ / density), see both tasks' accuracy and the geometry.
 
-The path is precomputed once (:class:`labkit.merge.path.MergePath`); moving a control only
+The path is precomputed once (:class:`labkit.merge.path.MergePath`); the panel's state lives in
+:class:`MergePanelModel` (``panel.model``), which computes the figure data; moving a control only
 indexes stored arrays and redraws — no model is evaluated (except by the explicit
 "evaluate schedule" button, when the path was built with a live evaluator).
 """
@@ -13,6 +14,7 @@ from typing import Any
 import ipywidgets as widgets
 import numpy as np
 import plotly.graph_objects as go
+import traitlets
 from plotly.subplots import make_subplots
 
 from labkit.i18n import register, t
@@ -20,7 +22,7 @@ from labkit.merge.export import mergekit_yaml
 from labkit.merge.geometry import group_gram, merged_layer_norms, plane_picture, task_gram
 from labkit.merge.methods import MergeError, layer_schedule, parse_schedule
 from labkit.merge.path import DENSITY_METHODS, LAMBDA_METHODS, T_METHODS, MergePath
-from labkit.panels.base import Panel
+from labkit.panels.base import Panel, link
 
 register({
     "merge.method": ("Method", "방법"),
@@ -83,24 +85,155 @@ TRACES = {name: i for i, name in enumerate([
 ])}
 
 
+def parse_layer_schedule(text: str) -> float | list[float] | None:
+    """The per-layer t typed in the text box: None when empty (one t for all layers), else values in [0, 1]."""
+    if not str(text).strip():
+        return None
+    value = parse_schedule(str(text))
+    values = [value] if isinstance(value, float) else value
+    bad = [v for v in values if not 0.0 <= v <= 1.0]
+    if bad:
+        raise MergeError(f"per-layer t: each value must be in [0, 1]; got {bad[0]}")
+    return value
+
+
+class MergePanelModel(traitlets.HasTraits):
+    """The merge panel's state over a precomputed :class:`MergePath`, and what it draws.
+
+    Moving a control only indexes the stored path and computes closed-form geometry
+    (:func:`labkit.merge.geometry.plane_picture`, :func:`merged_layer_norms`); no model is
+    evaluated except by :meth:`evaluate_schedule`, with the path's live evaluator.
+    """
+
+    method = traitlets.Unicode()
+    t = traitlets.Float(0.5)
+    lam = traitlets.Float(1.0)
+    density = traitlets.Float(1.0)
+    schedule = traitlets.Any(None)  # None: one t for all layers; a float or a list of t per layer
+    vectors = traitlets.Unicode("task")  # "weights" | "task": what the plane picture shows
+    layer = traitlets.Unicode("")  # "" = the whole model, else one of path.groups
+
+    def __init__(self, path: MergePath, **state: Any) -> None:
+        methods = path.methods()
+        if not methods:
+            raise MergeError("path: has no curves; build it with build_path() or the experiment")
+        self.path = path
+        ts, lambdas = self.grid("t") or [0.0, 1.0], self.grid("lambda") or [1.0]
+        defaults = {"method": methods[0], "t": 0.5 if 0.5 in ts else ts[0],
+                    "lam": 1.0 if 1.0 in lambdas else lambdas[-1]}
+        super().__init__(**{**defaults, **state})
+        self._sync()
+
+    def grid(self, param: str) -> list[float]:
+        """The stored values of ``param`` ("t" or "lambda") along the path."""
+        for c in self.path.curves.values():
+            if c.param == param:
+                return list(c.values)
+        return []
+
+    def densities(self) -> list[float]:
+        """The stored densities of the current method (empty unless TIES/DARE)."""
+        return self.path.densities(self.method) if self.method in DENSITY_METHODS else []
+
+    @traitlets.observe("method")
+    def _sync(self, _change: Any = None) -> None:
+        options = self.densities()
+        if options and self.density not in options:
+            self.density = min(options, key=lambda d: abs(d - self.density))
+        if self.method in LAMBDA_METHODS and self.vectors != "task":
+            self.vectors = "task"
+
+    def current_schedule(self) -> float | list[float]:
+        """The t the linear/SLERP merge uses now: the slider's, or the per-layer schedule."""
+        return float(self.t) if self.schedule is None else self.schedule
+
+    def current(self) -> tuple[str, float]:
+        """(parameter name, value) the curve is read at."""
+        if self.method in T_METHODS:
+            return "t", float(self.t)
+        return "lambda", float(self.lam)
+
+    def curve(self) -> Any:
+        return self.path.curve(self.method, self.density if self.method in DENSITY_METHODS else None)
+
+    def figure_data(self) -> dict[str, Any]:
+        """Everything the six subplots draw for this state (curves, markers, plane, norms, schedule)."""
+        method = self.method
+        schedule = self.current_schedule() if method in T_METHODS else None
+        curve = self.curve()
+        param, value = self.current()
+        i = curve.index(value)
+        finite = [v for v in curve.loss_a + curve.loss_b if v == v and math.isfinite(v)]
+        layer_labels = [g for g in self.path.groups if g.startswith("layer ")]
+        layer_ts = None
+        if schedule is not None:
+            layer_ts = layer_schedule(schedule, max(len(layer_labels), 1))
+        return {
+            "param": param, "value": value, "index": i, "curve": curve,
+            "loss_top": max(finite) * 1.05 if finite else 1.0,
+            "plane": self.plane(schedule),
+            "norms": (merged_layer_norms(self.path.grams, method, schedule) if method in T_METHODS
+                      else curve.layer_norms[i]),  # exact, closed form for linear/SLERP
+            "schedule_x": (layer_labels or ["all"]) if layer_ts is not None else [],
+            "schedule_y": layer_ts if layer_ts is not None else [],
+        }
+
+    def plane(self, schedule: Any = None) -> dict[str, Any]:
+        """The plane of A and B (weights or task vectors, one group or all): circle, chord, arc, point."""
+        method, value = self.method, self.current()[1]
+        g3 = group_gram(self.path.grams, self.layer or None)
+        g2 = task_gram(g3) if self.vectors == "task" else g3[1:, 1:]
+        pic = plane_picture(g2, normalize=method in T_METHODS)
+        out = {"picture": pic, "point": None, "note": ""}
+        if method in T_METHODS:
+            tt = float(np.mean(schedule)) if isinstance(schedule, list) else float(value)
+            out["point"] = pic.point(method, tt)
+        elif method == "task_arithmetic" and self.vectors == "task":
+            out["point"] = (value * (pic.a[0] + pic.b[0]), value * (pic.a[1] + pic.b[1]))
+        elif method in DENSITY_METHODS:
+            out["note"] = t("merge.off_plane")
+        return out
+
+    def export_yaml(self, model_a: str | None = None, model_b: str | None = None,
+                    base_model: str | None = None) -> str:
+        """The current method and settings as a mergekit config (model paths default to placeholders)."""
+        meta = self.path.meta
+        kwargs: dict[str, Any] = {"base_model": base_model or meta.get("base_path", "path/to/base"),
+                                  "convention": meta.get("convention", "paper")}
+        if self.method in T_METHODS:
+            kwargs["t"] = self.current_schedule()
+        else:
+            kwargs["lam"] = float(self.lam)
+            if self.method in DENSITY_METHODS:
+                kwargs["density"] = float(self.curve().density)
+        return mergekit_yaml(self.method, model_a or meta.get("path_a", f"path/to/{self.path.task_a}-model"),
+                             model_b or meta.get("path_b", f"path/to/{self.path.task_b}-model"), **kwargs)
+
+    def evaluate_schedule(self) -> dict[str, float]:
+        """Evaluate the per-layer schedule with the path's live evaluator (MergeError if it cannot)."""
+        if self.method not in T_METHODS:
+            raise MergeError(t("merge.sched_linear_only"))
+        if self.path.evaluate is None or self.path.merge_inputs is None:
+            raise MergeError(t("merge.no_eval"))
+        return self.path.evaluate_merge(self.method, t=self.current_schedule())
+
+
 class MergePanel(Panel):
     """Interpolate between two fine-tunes; every control only redraws the precomputed path."""
 
     def __init__(self, path: MergePath) -> None:
         super().__init__()
+        self.model = m = MergePanelModel(path)
         self.path = path
         methods = path.methods()
-        if not methods:
-            raise MergeError("path: has no curves; build it with build_path() or the experiment")
-        self.method = widgets.Dropdown(options=[(METHOD_LABELS.get(m, m), m) for m in methods],
-                                       value=methods[0], description=t("merge.method"))
-        ts = self._grid("t") or [0.0, 1.0]
-        lambdas = self._grid("lambda") or [1.0]
-        self.t = widgets.FloatSlider(min=min(ts), max=max(ts), step=_step(ts), value=0.5 if 0.5 in ts else ts[0],
+        self.method = widgets.Dropdown(options=[(METHOD_LABELS.get(x, x), x) for x in methods],
+                                       value=m.method, description=t("merge.method"))
+        ts = m.grid("t") or [0.0, 1.0]
+        lambdas = m.grid("lambda") or [1.0]
+        self.t = widgets.FloatSlider(min=min(ts), max=max(ts), step=_step(ts), value=m.t,
                                      description="t", continuous_update=True, readout_format=".2f")
         self.lam = widgets.FloatSlider(min=min(lambdas), max=max(lambdas), step=_step(lambdas),
-                                       value=1.0 if 1.0 in lambdas else lambdas[-1], description="λ",
-                                       readout_format=".2f")
+                                       value=m.lam, description="λ", readout_format=".2f")
         self.density = widgets.Dropdown(options=[1.0], value=1.0, description=t("merge.density"))
         self.schedule = widgets.Text(value="", description=t("merge.schedule"),
                                      placeholder=t("merge.schedule_help"))
@@ -113,10 +246,14 @@ class MergePanel(Panel):
         self.summary = widgets.HTML(value="")
         self.yaml = widgets.Textarea(value="", description="", layout=widgets.Layout(width="100%", height="190px"))
         self.fig = self._build_figure()
-        for control in (self.method, self.t, self.lam, self.density, self.schedule, self.vectors, self.layer):
-            control.observe(self._on_change, names="value")
-        self.evaluate_button.on_click(lambda _: self.evaluate_schedule())
         self._sync_controls()
+        for w, name in ((self.method, "method"), (self.t, "t"), (self.lam, "lam"), (self.vectors, "vectors"),
+                        (self.layer, "layer")):
+            link(w, m, name)
+        self.density.observe(self._density_to_model, names="value")
+        self.bind_text(self.schedule, "schedule", parse_layer_schedule, lambda v: setattr(m, "schedule", v))
+        m.observe(self._on_change, names=traitlets.All)
+        self.evaluate_button.on_click(lambda _: self.evaluate_schedule())
         self.redraw()
         self.widget = widgets.VBox([
             widgets.HBox([self.method, self.vectors, self.layer]),
@@ -127,12 +264,6 @@ class MergePanel(Panel):
         ])
 
     # ----------------------------------------------------------------- building
-    def _grid(self, param: str) -> list[float]:
-        for c in self.path.curves.values():
-            if c.param == param:
-                return list(c.values)
-        return []
-
     def _build_figure(self) -> go.FigureWidget:
         fig = make_subplots(rows=2, cols=3, subplot_titles=[
             t("merge.acc"), t("merge.loss"), t("merge.plane"),
@@ -173,154 +304,94 @@ class MergePanel(Panel):
         data[TRACES["norm_b"]].update(x=g.groups, y=g.norm_b)
         return go.FigureWidget(fig)
 
-    # ----------------------------------------------------------------- state
+    # ----------------------------------------------------------------- widget ↔ model
     def _sync_controls(self) -> None:
-        method = self.method.value
-        is_t = method in T_METHODS
+        m = self.model
+        is_t = m.method in T_METHODS
         self.t.disabled = not is_t
         self.schedule.disabled = not is_t
-        self.lam.disabled = method not in LAMBDA_METHODS
-        options = self.path.densities(method) if method in DENSITY_METHODS else []
+        self.lam.disabled = m.method not in LAMBDA_METHODS
+        options = m.densities()
         self.density.disabled = not options
-        if options:
-            if list(self.density.options) != options:
-                current = self.density.value
-                self.density.options = options
-                self.density.value = min(options, key=lambda d: abs(d - current))
-        if method in LAMBDA_METHODS and self.vectors.value != "task":
-            self.vectors.value = "task"
+        if options and list(self.density.options) != options:
+            self.density.options = options
+        if options and self.density.value != m.curve().density:
+            self.density.value = m.curve().density
+
+    def _density_to_model(self, change: dict[str, Any]) -> None:
+        if change["new"] is not None and not self.density.disabled:
+            self.model.density = float(change["new"])
 
     def _on_change(self, change: dict[str, Any]) -> None:
-        if change.get("owner") is self.method:
+        if change["name"] in ("method", "density"):
             self._sync_controls()
         self.redraw()
 
     def current_schedule(self) -> float | list[float]:
         """The t the linear/SLERP merge uses now: the slider's, or the per-layer schedule."""
-        text = self.schedule.value.strip()
-        if not text:
-            return float(self.t.value)
-        value = parse_schedule(text)
-        values = [value] if isinstance(value, float) else value
-        bad = [v for v in values if not 0.0 <= v <= 1.0]
-        if bad:
-            raise MergeError(f"per-layer t: each value must be in [0, 1]; got {bad[0]}")
-        return value
+        return self.model.current_schedule()
 
     def current(self) -> tuple[str, float]:
         """(parameter name, value) the curve is read at."""
-        if self.method.value in T_METHODS:
-            return "t", float(self.t.value)
-        return "lambda", float(self.lam.value)
+        return self.model.current()
 
     def redraw(self) -> None:
         """Redraw every plot from the stored path (no evaluation)."""
+        m = self.model
         try:
-            schedule = self.current_schedule() if self.method.value in T_METHODS else None
+            data = m.figure_data()
         except MergeError as exc:
             self.show_error(exc)
             return
         self.clear_error()
-        method = self.method.value
-        density = self.density.value if method in DENSITY_METHODS else None
-        curve = self.path.curve(method, density)
-        param, value = self.current()
-        i = curve.index(value)
+        curve, i, param, value = data["curve"], data["index"], data["param"], data["value"]
         d = self.fig.data
-        finite = [v for v in curve.loss_a + curve.loss_b if v == v and math.isfinite(v)]
-        loss_top = max(finite) * 1.05 if finite else 1.0
-        layer_ts = None
-        if schedule is not None:
-            n_layers = sum(1 for g in self.path.groups if g.startswith("layer "))
-            layer_ts = layer_schedule(schedule, max(n_layers, 1))
         with self.fig.batch_update():
             d[TRACES["acc_a"]].update(x=curve.values, y=curve.acc_a)
             d[TRACES["acc_b"]].update(x=curve.values, y=curve.acc_b)
             d[TRACES["acc_marker"]].update(x=[value, value], y=[0.0, 1.0])
             d[TRACES["loss_a"]].update(x=curve.values, y=curve.loss_a)
             d[TRACES["loss_b"]].update(x=curve.values, y=curve.loss_b)
-            d[TRACES["loss_marker"]].update(x=[value, value], y=[0.0, loss_top])
+            d[TRACES["loss_marker"]].update(x=[value, value], y=[0.0, data["loss_top"]])
             self.fig.layout.xaxis.title = param
             self.fig.layout.xaxis2.title = param
-            note = self._draw_plane(method, value, schedule)
-            if method in T_METHODS:
-                norms = merged_layer_norms(self.path.grams, method, schedule)  # exact, closed form
-            else:
-                norms = curve.layer_norms[i]
-            d[TRACES["norm_merged"]].update(x=self.path.groups, y=norms)
-            if layer_ts is not None:
-                labels = [g for g in self.path.groups if g.startswith("layer ")] or ["all"]
-                d[TRACES["schedule"]].update(x=labels, y=layer_ts)
-            else:
-                d[TRACES["schedule"]].update(x=[], y=[])
-        label = METHOD_LABELS.get(method, method)
+            plane = data["plane"]
+            pic = plane["picture"]
+            d[TRACES["circle"]].update(x=[p[0] for p in pic.circle], y=[p[1] for p in pic.circle])
+            d[TRACES["chord"]].update(x=[p[0] for p in pic.chord], y=[p[1] for p in pic.chord])
+            d[TRACES["arc"]].update(x=[p[0] for p in pic.arc], y=[p[1] for p in pic.arc])
+            d[TRACES["vec_a"]].update(x=[0, pic.a[0]], y=[0, pic.a[1]])
+            d[TRACES["vec_b"]].update(x=[0, pic.b[0]], y=[0, pic.b[1]])
+            point = plane["point"]
+            d[TRACES["point"]].update(x=[point[0]] if point else [], y=[point[1]] if point else [])
+            d[TRACES["norm_merged"]].update(x=self.path.groups, y=data["norms"])
+            d[TRACES["schedule"]].update(x=data["schedule_x"], y=data["schedule_y"])
+        label = METHOD_LABELS.get(m.method, m.method)
         self.summary.value = t("merge.summary", method=label, param=param, value=curve.values[i],
                                task_a=self.path.task_a, acc_a=curve.acc_a[i], task_b=self.path.task_b,
                                acc_b=curve.acc_b[i])
-        if note:
-            self.summary.value += f' <span style="color:#555">({note})</span>'
+        if plane["note"]:
+            self.summary.value += f' <span style="color:#555">({plane["note"]})</span>'
         self.yaml.value = self.export_yaml()
-
-
-    def _draw_plane(self, method: str, value: float, schedule: Any) -> str:
-        group = self.layer.value or None
-        g3 = group_gram(self.path.grams, group)
-        g2 = task_gram(g3) if self.vectors.value == "task" else g3[1:, 1:]
-        normalize = method in T_METHODS
-        pic = plane_picture(g2, normalize=normalize)
-        d = self.fig.data
-        d[TRACES["circle"]].update(x=[p[0] for p in pic.circle], y=[p[1] for p in pic.circle])
-        d[TRACES["chord"]].update(x=[p[0] for p in pic.chord], y=[p[1] for p in pic.chord])
-        d[TRACES["arc"]].update(x=[p[0] for p in pic.arc], y=[p[1] for p in pic.arc])
-        d[TRACES["vec_a"]].update(x=[0, pic.a[0]], y=[0, pic.a[1]])
-        d[TRACES["vec_b"]].update(x=[0, pic.b[0]], y=[0, pic.b[1]])
-        if method in T_METHODS:
-            tt = float(np.mean(schedule)) if isinstance(schedule, list) else float(value)
-            px, py = pic.point(method, tt)
-            d[TRACES["point"]].update(x=[px], y=[py])
-        elif method == "task_arithmetic" and self.vectors.value == "task":
-            d[TRACES["point"]].update(x=[value * (pic.a[0] + pic.b[0])], y=[value * (pic.a[1] + pic.b[1])])
-        else:
-            d[TRACES["point"]].update(x=[], y=[])
-            return t("merge.off_plane") if method in DENSITY_METHODS else ""
-        return ""
 
     # ----------------------------------------------------------------- actions
     def export_yaml(self, model_a: str | None = None, model_b: str | None = None, base_model: str | None = None) -> str:
         """The current method and settings as a mergekit config (model paths default to placeholders)."""
-        meta = self.path.meta
-        method = self.method.value
-        kwargs: dict[str, Any] = {"base_model": base_model or meta.get("base_path", "path/to/base"),
-                                  "convention": meta.get("convention", "paper")}
-        if method in T_METHODS:
-            try:
-                kwargs["t"] = self.current_schedule()
-            except MergeError:
-                kwargs["t"] = float(self.t.value)
-        else:
-            kwargs["lam"] = float(self.lam.value)
-            if method in DENSITY_METHODS:
-                kwargs["density"] = float(self.density.value)
-        return mergekit_yaml(method, model_a or meta.get("path_a", f"path/to/{self.path.task_a}-model"),
-                             model_b or meta.get("path_b", f"path/to/{self.path.task_b}-model"), **kwargs)
+        return self.model.export_yaml(model_a, model_b, base_model)
 
     def evaluate_schedule(self) -> dict[str, float] | None:
         """Evaluate the per-layer schedule with the path's live evaluator (the only evaluating action)."""
-        if self.method.value not in T_METHODS:
-            self.show_error(t("merge.sched_linear_only"))
-            return None
-        if self.path.evaluate is None or self.path.merge_inputs is None:
-            self.show_error(t("merge.no_eval"))
+        if "schedule" in self.input_errors:  # the text box holds a schedule that did not parse
+            self._render()
             return None
         try:
-            schedule = self.current_schedule()
-            result = self.path.evaluate_merge(self.method.value, t=schedule)
+            result = self.model.evaluate_schedule()
         except Exception as exc:
             self.show_error(exc)
             return None
-        self.summary.value = t("merge.sched_result", schedule=schedule, task_a=self.path.task_a,
-                               acc_a=result.get("acc_a", float("nan")), task_b=self.path.task_b,
-                               acc_b=result.get("acc_b", float("nan")))
+        self.summary.value = t("merge.sched_result", schedule=self.model.current_schedule(),
+                               task_a=self.path.task_a, acc_a=result.get("acc_a", float("nan")),
+                               task_b=self.path.task_b, acc_b=result.get("acc_b", float("nan")))
         return result
 
     def figures(self) -> list[go.Figure]:
