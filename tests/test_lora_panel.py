@@ -77,11 +77,11 @@ def test_no_targets_is_an_error_not_a_traceback():
     panel = LoRAPanel(config=CONFIG)
     for box in panel.target_boxes.values():
         box.value = False
-    assert "targets" in panel.error
+    assert "targets" in panel.errors[0]
     assert panel.run_sweep() is None
-    assert "targets" in panel.error
+    assert "targets" in panel.errors[0]
     panel.target_boxes["q_proj"].value = True
-    assert panel.error == ""
+    assert panel.errors == []
 
 
 def _validating_sweep(calls):

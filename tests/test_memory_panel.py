@@ -27,7 +27,7 @@ def _quiet():
 
 def test_sliders_redraw_from_the_estimator() -> None:
     p = MemoryPanel("llama-3.2-1b", setup=MemorySetup(method="full", precision="bf16", batch=4, seq=1024))
-    assert p.error == ""
+    assert p.errors == []
     act0 = p.fig.data[3].y[0]
     p.batch.value = 8
     assert p.fig.data[3].y[0] == pytest.approx(2 * act0, rel=0.01)  # activations double with the batch
@@ -57,21 +57,21 @@ def test_verdict_and_cheapest_fixes() -> None:
 
 def test_invalid_input_shows_a_message_not_a_traceback() -> None:
     p = MemoryPanel(toy_config("llama"), setup=MemorySetup(method="lora", batch=2, seq=64))
-    assert p.error == ""
+    assert p.errors == []
     p.batch.value = 0
-    assert "--batch" in p.error
+    assert "--batch" in p.errors[0]
     p.batch.value = 2
-    assert p.error == ""
+    assert p.errors == []
     p.rank.value = 100  # larger than the 32-wide k_proj
-    assert "--rank" in p.error
+    assert "--rank" in p.errors[0]
     bad = MemoryPanel(toy_config("llama", hidden_size=100, num_attention_heads=3, num_key_value_heads=3))
-    assert "attention heads" in bad.error
+    assert "attention heads" in bad.errors[0]
 
 
 def test_measure_button_overlays_measured_bars() -> None:
     p = MemoryPanel(toy_config("llama"), setup=MemorySetup(method="lora", batch=1, seq=64), device="cpu")
     measured = p.run_measure()
-    assert measured is not None and p.error == ""
+    assert measured is not None and p.errors == []
     assert p.fig.data[0].y[1] == pytest.approx(measured.bytes["weights"] / GiB)
     assert p.fig.data[3].y[1] > 0 and p.fig.data[11].y[0] > 0
     assert p.measured is measured and p.fig.data[7].y[1] == pytest.approx(measured.peak / GiB)
@@ -82,7 +82,7 @@ def test_measure_button_overlays_measured_bars() -> None:
 
 def test_measure_refuses_what_does_not_fit_here() -> None:
     p = MemoryPanel("llama-3.1-70b", setup=MemorySetup(method="full", batch=1, seq=512), device="cpu")
-    assert p.run_measure() is None and "free" in p.error
+    assert p.run_measure() is None and "free" in p.errors[0]
 
 
 def test_model_alone_and_widget_wiring() -> None:

@@ -100,7 +100,7 @@ def test_schedule_norms_and_bad_schedule(built):
     panel.method.value = "linear"
     panel.schedule.value = "0, 1"
     assert list(panel.fig.data[TRACES["schedule"]].y) == pytest.approx([0, 1 / 3, 2 / 3, 1])
-    assert panel.error == ""
+    assert panel.errors == []
     assert panel.model.schedule == [0.0, 1.0]
     panel.schedule.value = "0, 1.5"
     assert "per-layer t" in panel.errors[0] and "[0, 1]" in panel.errors[0]
@@ -109,7 +109,7 @@ def test_schedule_norms_and_bad_schedule(built):
     panel.schedule.value = "x"
     assert "schedule" in panel.input_errors["schedule"]
     panel.schedule.value = ""
-    assert panel.error == "" and panel.model.schedule is None
+    assert panel.errors == [] and panel.model.schedule is None
     assert list(panel.fig.data[TRACES["schedule"]].y) == [panel.model.t] * 4  # one t for every layer
 
 

@@ -49,7 +49,7 @@ def test_format_explorer_bad_input_is_a_message():
     assert p.errors == [] and p.model.value == 1.6 * 2.0**3
     p.value_text.value = "twelve"
     p.value_text.value = "2"
-    assert p.error == "" and p.model.value == 2.0
+    assert p.errors == [] and p.model.value == 2.0
 
 
 def test_format_explorer_model_alone():

@@ -58,9 +58,9 @@ def test_bad_combination_is_a_message_not_a_traceback():
     p = QuantPlayground(method="zeropoint")
     p.blocksize.value = None
     p.double_quant.value = True
-    assert p.model.double_quant and "double_quant" in p.error
+    assert p.model.double_quant and "double_quant" in p.errors[0]
     p.double_quant.value = False
-    assert p.error == ""
+    assert p.errors == []
 
 
 def test_model_alone_and_four_bit_formats_fix_bits():
