@@ -17,6 +17,7 @@ class Breakdown:
     ``overhead`` (CUDA context, allocator slack) is shown separately and is not in ``peak``.
     ``detail`` splits components further (e.g. ``activations.amp_weight_copies``);
     ``moments`` holds live bytes at each moment of the step (the peak is their max).
+    An estimate's ``info["upper"]`` is the bound ``fits`` / ``margin`` come from (see :meth:`fits`).
     """
 
     bytes: dict[str, int]
@@ -37,6 +38,19 @@ class Breakdown:
         return int(self.peak + self.bytes["overhead"])
 
     @property
+    def upper_total(self) -> int:
+        """What a verdict is made from: the estimate's upper bound (``info["upper"]``), else ``total``.
+
+        A measured breakdown has no upper bound: its own total is what was seen.
+        """
+        upper = self.info.get("upper")
+        return int(upper["total"]) if isinstance(upper, dict) and "total" in upper else self.total
+
+    def fits(self, gpu_mem: int) -> bool:
+        """True only if the upper bound fits: an estimate that says fits must not run out of memory."""
+        return self.upper_total <= gpu_mem
+
+    @property
     def saved(self) -> int:
         """What autograd saves for backward (activations + logits/loss buffers)."""
         return self.bytes["activations"] + self.bytes["logits"]
@@ -52,8 +66,9 @@ class Breakdown:
         out.update({k: v for k, v in self.info.items() if k not in out})
         if gpu_mem is not None:
             out["gpu_mem"] = int(gpu_mem)
-            out["fits"] = self.total <= gpu_mem
-            out["margin"] = int(gpu_mem - self.total)
+            out["fits"] = self.fits(gpu_mem)
+            out["margin"] = int(gpu_mem - self.upper_total)  # from the upper bound, like fits
+            out["margin_point"] = int(gpu_mem - self.total)  # from the point estimate, for comparison
         return out
 
 

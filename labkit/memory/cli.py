@@ -102,9 +102,15 @@ def _print(result: Any, args: argparse.Namespace, gpu_mem: int | None) -> None:
     if "max_memory_allocated" in data:
         print(f"  torch.cuda.max_memory_allocated {fmt_bytes(data['max_memory_allocated'])}, "
               f"reserved {fmt_bytes(data['max_memory_reserved'])}")
+    upper = data.get("upper")
+    if isinstance(upper, dict):
+        terms = ", ".join(f"{k} +{fmt_bytes(v)}" for k, v in upper["terms"].items() if v > 0) or "none"
+        print(f"  upper bound  {fmt_bytes(upper['total']):>12s}  (point {fmt_bytes(data['peak'] + data['bytes']['overhead'])}"
+              f" + uncertain terms: {terms})")
     if gpu_mem is not None:
         verdict = "fits" if data["fits"] else "does not fit"
-        print(f"  {verdict} in {fmt_bytes(gpu_mem)} (margin {fmt_bytes(data['margin'])})")
+        basis = " — judged on the upper bound" if isinstance(upper, dict) else ""
+        print(f"  {verdict} in {fmt_bytes(gpu_mem)} (margin {fmt_bytes(data['margin'])}{basis})")
 
 
 def _fail(message: str) -> int:

@@ -16,20 +16,41 @@ from labkit.memory.setup import MemorySetup
 
 CUDA_CONTEXT = 512 * 1024**2  # CUDA context + cuBLAS workspace: on the card, not in max_memory_allocated
 FRAGMENTATION = 0.05  # reserved − allocated, as a share of the peak (PyTorch caching allocator)
+# The upper bound behind a verdict (``fits`` / ``margin``): the terms the point estimate cannot know.
+FRAGMENTATION_UPPER = 0.15  # allocator slack with shapes that change step to step (bucketed batches)
+CUDA_CONTEXT_UPPER = 1024**3  # context + cuBLAS/cuDNN handles + NCCL-free kernel workspaces, large GPUs
+# What the loss path is assumed to be (the logits terms depend on it).
+LOSS_PATH = ("transformers 5.x ForCausalLMLoss (checked on 5.24): logits.float() (no copy when fp32); "
+             "labels padded, logits not shifted; F.cross_entropy = log_softmax (saved, fp32) + nll_loss")
 
 
 def _arch(model: Any) -> ArchInfo:
     return model if isinstance(model, ArchInfo) else arch_info(model)
 
 
-def transients(arch: ArchInfo, setup: MemorySetup) -> dict[str, int]:
-    """Short-lived buffers that set the peak at particular moments (not saved for backward)."""
+def logits_dtype_bytes(setup: MemorySetup) -> int:
+    """Bytes per element of the logits the LM head returns (the compute dtype)."""
+    return 2 if (setup.precision in ("fp16", "bf16") or setup.amp) else 4
+
+
+def transients(arch: ArchInfo, setup: MemorySetup, keeps_logits: bool = False) -> dict[str, int]:
+    """Short-lived buffers that set the peak at particular moments (not saved for backward).
+
+    The loss head's, checked byte for byte on CPU with a live-tensor tracker (see
+    ``tests/test_memory_estimate.py``): in the forward, the logits, their fp32 copy and the saved
+    ``log_softmax`` output are alive together (``live_logits`` + the saved 4 B); in
+    ``log_softmax``'s backward, its saved output, the incoming gradient (from ``nll_loss``) and the
+    gradient it writes are three fp32 (b·s, V) tensors at once (``dlogits`` = 8 B + the saved 4 B).
+    ``keeps_logits``: the training loop holds the model output through backward
+    (``out = model(...); out.loss.backward()``) — the logits tensor stays alive at every moment.
+    """
     tok, V = setup.batch * setup.seq, arch.vocab
     out: dict[str, int] = {}
     if setup.trains:
-        half = setup.precision in ("fp16", "bf16") or setup.amp
         out["live_logits"] = F.logits_live_bytes(arch, setup)
-        out["dlogits"] = tok * V * 4 + tok * V * (2 if half else 4)  # d log_softmax, d logits
+        out["dlogits"] = tok * V * 8  # grad into log_softmax + grad it writes (both fp32)
+        if keeps_logits:
+            out["kept_logits"] = tok * V * logits_dtype_bytes(setup)
         if setup.checkpointing and arch.family is not None:
             out["recompute"] = F.layer_inventory_bytes(arch, setup)
         n = F.trainable_params(arch, setup)
@@ -60,14 +81,16 @@ def moments_from(comp: dict[str, int], setup: MemorySetup, transient: dict[str, 
         return {"prefill": W + comp.get("kv_cache", 0) + t.get("prefill_layer", 0) + comp.get("logits", 0)}
     g_prev = G if setup.grad_accum > 1 else 0  # accumulation keeps gradients through the next forward
     gather = t.get("zero3_gather", 0)
+    kept = t.get("kept_logits", 0)  # the caller's output object: alive until it is rebound next step
     m = {
-        "forward_end": W + O + g_prev + saved + t.get("live_logits", 0) + gather,
-        "backward_start": W + O + g_prev + saved + t.get("dlogits", 0) + gather,
-        "backward_end": W + O + G + gather,
-        "optimizer_step": W + O + G + t.get("optimizer_temp", 0),
+        "forward_end": W + O + g_prev + saved + t.get("live_logits", 0) + gather + kept,
+        "backward_start": W + O + g_prev + saved + t.get("dlogits", 0) + gather + kept,
+        "backward_end": W + O + G + gather + kept,
+        "optimizer_step": W + O + G + t.get("optimizer_temp", 0) + kept,
     }
     if setup.checkpointing:
-        m["backward_recompute"] = W + O + g_prev + comp.get("activations", 0) + t.get("recompute", 0) + gather
+        m["backward_recompute"] = (W + O + g_prev + comp.get("activations", 0) + t.get("recompute", 0) + gather
+                                   + kept)
     return m
 
 
@@ -81,8 +104,18 @@ def activation_bytes(arch: ArchInfo, setup: MemorySetup, method: str = "formula"
     return dict(F.activation_inventory(arch, setup).items), sum(F.logits_bytes(arch, setup).values())
 
 
-def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula") -> Breakdown:
-    """Estimate every component for ``setup`` (per device) and the peak over the step's moments."""
+def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
+             keeps_logits: bool | None = None) -> Breakdown:
+    """Estimate every component for ``setup`` (per device) and the peak over the step's moments.
+
+    ``keeps_logits``: whether the training loop holds the model output through backward
+    (``out = model(...); out.loss.backward()``, as PEFT's benchmark does) — True/False, or None for
+    "unknown": the point estimate then assumes a Trainer-style loop (output dropped) and the upper
+    bound assumes the logits are kept in fp32 (transformers < 4.46 returned fp32 logits).
+    ``info["upper"]`` is the bound a verdict (``fits`` / ``margin``) is made from.
+    """
+    if keeps_logits not in (None, True, False):
+        raise ValueError(f"keeps_logits: must be True, False or None; got {keeps_logits!r}")
     arch = _arch(model)
     validate_against(arch, setup)
     n = max(1, setup.gpus)
@@ -103,11 +136,12 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula") ->
     A = sum(acts.values())
     kv = F.kv_cache_bytes(arch, setup)
     comp = {"weights": W, "gradients": G, "optimizer": O, "activations": A, "logits": L, "kv_cache": kv}
-    trans = transients(arch, setup)
+    trans = transients(arch, setup, keeps_logits=bool(keeps_logits))
     moments = moments_from(comp, setup, trans)
     at, peak = peak_of(moments)
     overhead = (CUDA_CONTEXT + int(FRAGMENTATION * peak)) if setup.device == "cuda" else 0
     comp["overhead"] = overhead
+    upper = upper_bound(arch, setup, comp, trans, peak, keeps_logits)
     detail = {f"weights.{k}": v for k, v in wb.items()}
     detail.update({f"transient.{k}": v for k, v in trans.items()})
     if setup.amp:
@@ -120,7 +154,39 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula") ->
     return Breakdown(bytes=comp, peak=peak, params={"total": arch.params_total + adapters, "trainable": trainable},
                      moments=moments, detail=detail,
                      info={"source": "estimate", "peak_moment": at, "model": arch.name,
-                           "activation_method": "trace" if "traced" in acts else "formula"})
+                           "activation_method": "trace" if "traced" in acts else "formula",
+                           "allocated": int(peak), "reserved": int(peak + (overhead - CUDA_CONTEXT
+                                                                           if setup.device == "cuda" else 0)),
+                           "upper": upper, "assumes": {"loss_path": LOSS_PATH,
+                                                       "keeps_logits": keeps_logits}})
+
+
+def upper_bound(arch: ArchInfo, setup: MemorySetup, comp: dict[str, int], trans: dict[str, int], peak: int,
+                keeps_logits: bool | None) -> dict[str, Any]:
+    """The most the step can take given what the estimate cannot know, term by term.
+
+    * the training loop keeping its output (unknown → assume kept, in fp32 as transformers < 4.46
+      returned it): + b·s·V·4 at every moment;
+    * allocator slack (reserved − allocated): 5 % in the point estimate, up to 15 % here;
+    * CUDA context and kernel workspaces: 512 MiB in the point estimate, up to 1 GiB here.
+    """
+    t_up = dict(trans)
+    terms: dict[str, int] = {}
+    if setup.trains and keeps_logits is not False:
+        kept = setup.batch * setup.seq * arch.vocab * 4
+        terms["kept_logits"] = kept - trans.get("kept_logits", 0)
+        t_up["kept_logits"] = kept
+    up_peak = max(moments_from(comp, setup, t_up).values()) if setup.trains else peak
+    if setup.device == "cuda":
+        frag = int(FRAGMENTATION_UPPER * up_peak)
+        terms["allocator_slack"] = frag - int(FRAGMENTATION * peak)
+        terms["cuda_context"] = CUDA_CONTEXT_UPPER - CUDA_CONTEXT
+        total = up_peak + frag + CUDA_CONTEXT_UPPER
+    else:
+        frag, total = 0, up_peak
+    return {"peak": int(up_peak), "reserved": int(up_peak + frag), "total": int(total),
+            "terms": {k: int(v) for k, v in terms.items()},
+            "note": "fits/margin use this bound: point estimate + the uncertain terms at their largest"}
 
 
 def validate_against(arch: ArchInfo, setup: MemorySetup) -> None:

@@ -1,0 +1,178 @@
+"""labkit's estimate against published *measured* GPU peaks that nobody here wrote.
+
+    python benchmarks/memory_published.py            # the matrix, the summary, the anchors
+    python benchmarks/memory_published.py --markdown # the same table as Markdown (docs/memory.md)
+
+Each row is one published measurement with its exact source (repository + path + commit, or URL),
+what the figure is (``reserved``: ``torch.cuda.max_memory_reserved``; ``limit``: the longest
+sequence that fit a card of that size, read as "peak = card size at that length"), and the setup as
+the source states it. Where a source leaves a setting unstated the row says what is assumed.
+labkit's point estimate is compared as *reserved* (allocated peak + allocator slack, no CUDA
+context); the upper bound (what ``fits`` is decided from) is shown beside it. accelerate's and
+DeepSpeed's estimates (re-implemented in ``labkit/memory/anchors.py``) are given on the same rows.
+
+Prints one row per setup, the median |error|, the worst under-estimate, whether every measurement
+lies under labkit's upper bound, and the anchors' errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+GiB = 1024**3
+PEFT = ("huggingface/peft", "method_comparison/MetaMathQA/results/{}.json", "51c2ff666")
+UNSLOTH = ("unslothai/unsloth", "README.md (Context length benchmarks, 'Hugging Face + FA2' column)", "30a1878")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One published measurement and the setup it was measured on."""
+
+    key: str
+    model: str  # labkit catalog name
+    setup: dict[str, Any]
+    measured: float  # GiB
+    kind: str  # "reserved" | "limit"
+    source: str
+    notes: str = ""
+    keeps_logits: bool | None = None  # does the source's loop hold the model output through backward?
+    long_context: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _peft(name: str, measured_bytes: int, notes: str, **setup: Any) -> Row:
+    repo, path, commit = PEFT
+    base = dict(precision="bf16", optimizer="adamw", batch=4, seq=768, checkpointing=False, attn="sdpa")
+    return Row(f"peft/{name}", "llama-3.2-3b", {**base, **setup}, measured_bytes / GiB, "reserved",
+               f"{repo} {path.format(name)} @ {commit}", notes, keeps_logits=True)
+
+
+PEFT_NOTE = ("L40S, torch 2.13.0+cu130, transformers 5.13.1, peft 0.19.2.dev0; accelerator_memory_max = "
+             "max_memory_reserved over the run − reserved at start; batches padded to their longest sample, "
+             "truncated at 768 tokens: the peak batch is at most 4×768 (the estimate is made at 768)")
+
+
+def _unsloth(gib: int, seq: int) -> Row:
+    repo, path, commit = UNSLOTH
+    setup = dict(method="qlora", rank=32, targets="all-linear", precision="amp-bf16", compute_dtype="bf16",
+                 optimizer="adamw8bit", batch=1, seq=seq, checkpointing=True, attn="sdpa")
+    return Row(f"unsloth/llama-3.1-8b@{gib}GB", "llama-3.1-8b", setup, float(gib), "limit",
+               f"{repo} {path} @ {commit}",
+               "Llama 3.1 8B Instruct, 4-bit QLoRA all linear r=32, batch 1, padded to the length; "
+               "assumed (not stated): bf16 autocast, 8-bit AdamW, gradient checkpointing, card size in GiB; "
+               "the column is exactly linear (404.75 tokens/GB): a line through their measurements",
+               long_context=True)
+
+
+ROWS: list[Row] = [
+    _peft("full-finetuning--llama-3.2-3B-lr_0.00001", 38_868_615_168, PEFT_NOTE, method="full"),
+    _peft("lora--llama-3.2-3B-rank32", 22_292_725_760, PEFT_NOTE, method="lora", rank=32,
+          targets="q_proj,v_proj"),
+    _peft("lora--llama-3.2-3B-rank64", 22_552_772_608, PEFT_NOTE, method="lora", rank=64,
+          targets="q_proj,v_proj"),
+    _peft("lora--llama-3.2-3B-rank64-rslora", 22_561_161_216, PEFT_NOTE + "; rsLoRA (scale only: same bytes)",
+          method="lora", rank=64, targets="q_proj,v_proj"),
+    _peft("lora--llama-3.2-3B-rank10-target-mlp", 24_698_159_104, PEFT_NOTE, method="lora", rank=10,
+          targets="gate_proj,up_proj,down_proj"),
+    _unsloth(12, 932), _unsloth(16, 2551), _unsloth(24, 5789), _unsloth(40, 12_264), _unsloth(48, 15_502),
+    _unsloth(80, 28_454),
+    Row("unsloth/llama-3.3-70b@80GB", "llama-3.1-70b",
+        dict(method="qlora", rank=32, targets="all-linear", precision="amp-bf16", compute_dtype="bf16",
+             optimizer="adamw8bit", batch=1, seq=6916, checkpointing=True, attn="sdpa"),
+        80.0, "limit", f"{UNSLOTH[0]} {UNSLOTH[1]} @ {UNSLOTH[2]}",
+        "Llama 3.3 70B Instruct (the 3.1-70B architecture) on an 80GB A100, 4-bit QLoRA all linear r=32, "
+        "batch 1; same assumptions as the 8B rows", long_context=True),
+]
+
+
+def evaluate(row: Row) -> dict[str, Any]:
+    """labkit's point estimate (as reserved), its upper bound, and the anchors, for one row."""
+    from labkit.memory.anchors import accelerate_estimate, deepspeed_estimate
+    from labkit.memory.estimate import estimate
+    from labkit.memory.setup import MemorySetup
+
+    setup = MemorySetup(device="cuda", **row.setup)
+    r = estimate(row.model, setup, keeps_logits=row.keeps_logits)
+    est = r.info["reserved"] / GiB
+    upper = r.info["upper"]
+    acc = accelerate_estimate(row.model, setup)["training_adam"] / GiB
+    ds = deepspeed_estimate(row.model, setup)["chosen"] / GiB
+    m = row.measured
+    return {"row": row, "estimate": est, "allocated": r.peak / GiB, "upper_reserved": upper["reserved"] / GiB,
+            "upper_total": upper["total"] / GiB, "error": (est - m) / m * 100,
+            "upper_error": (upper["reserved"] / GiB - m) / m * 100, "moment": r.info["peak_moment"],
+            "accelerate": acc, "accelerate_error": (acc - m) / m * 100,
+            "deepspeed": ds, "deepspeed_error": (ds - m) / m * 100}
+
+
+def _setup_text(row: Row) -> str:
+    s = row.setup
+    m = s.get("method", "full")
+    parts = [m if m == "full" else f"{m} r{s['rank']} {s['targets']}", s["precision"], s["optimizer"],
+             f"b{s['batch']}×s{s['seq']}"]
+    if s.get("checkpointing"):
+        parts.append("ckpt")
+    return ", ".join(parts)
+
+
+def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median |error|, worst under-estimate, long-context rows, and whether the upper bound holds."""
+    errs = [x["error"] for x in results]
+    long = [x["error"] for x in results if x["row"].long_context]
+    return {"rows": len(results), "sources": len({x["row"].source.split()[0] for x in results}),
+            "median_abs": statistics.median(abs(e) for e in errs), "worst_under": min(errs),
+            "long_max_abs": max((abs(e) for e in long), default=0.0),
+            "under_upper": sum(x["row"].measured <= x["upper_reserved"] for x in results),
+            "accelerate_median_abs": statistics.median(abs(x["accelerate_error"]) for x in results),
+            "deepspeed_median_abs": statistics.median(abs(x["deepspeed_error"]) for x in results)}
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    lines = ["| setup (model; method; precision; optimizer; batch×seq) | measured GiB (kind) | labkit "
+             "reserved GiB | error | labkit upper GiB | accelerate (error) | DeepSpeed (error) | source |",
+             "|---|---|---|---|---|---|---|---|"]
+    for x in results:
+        r = x["row"]
+        lines.append(f"| {r.model}; {_setup_text(r)} | {r.measured:.2f} ({r.kind}) | {x['estimate']:.2f} | "
+                     f"{x['error']:+.1f} % | {x['upper_reserved']:.2f} | {x['accelerate']:.1f} "
+                     f"({x['accelerate_error']:+.0f} %) | {x['deepspeed']:.1f} ({x['deepspeed_error']:+.0f} %) | "
+                     f"`{r.source}` |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    results = [evaluate(r) for r in ROWS]
+    if args.markdown:
+        print(markdown(results))
+    else:
+        print(f"{'row':38s} {'setup':58s} {'meas':>7s} {'kind':8s} {'labkit':>7s} {'err':>7s} {'upper':>7s} "
+              f"{'accel':>7s} {'err':>6s} {'dspeed':>7s} {'err':>6s}  peak at")
+        for x in results:
+            r = x["row"]
+            print(f"{r.key[:38]:38s} {_setup_text(r)[:58]:58s} {r.measured:7.2f} {r.kind:8s} {x['estimate']:7.2f} "
+                  f"{x['error']:+6.1f}% {x['upper_reserved']:7.2f} {x['accelerate']:7.1f} {x['accelerate_error']:+5.0f}% "
+                  f"{x['deepspeed']:7.1f} {x['deepspeed_error']:+5.0f}%  {x['moment']}")
+    s = summary(results)
+    print(f"\n{s['rows']} published setups from {s['sources']} sources (GiB; error = (labkit − measured)/measured)")
+    print(f"  labkit point estimate: median |error| {s['median_abs']:.1f} %, worst under-estimate "
+          f"{s['worst_under']:+.1f} %, long-context rows max |error| {s['long_max_abs']:.1f} %")
+    print(f"  labkit upper bound (what 'fits' uses) covers {s['under_upper']}/{s['rows']} measurements")
+    print(f"  accelerate 'Training using Adam': median |error| {s['accelerate_median_abs']:.0f} %; "
+          f"DeepSpeed model states: median |error| {s['deepspeed_median_abs']:.0f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""The validation matrix against published measured GPU peaks (benchmarks/memory_published.py).
+
+No GPU needed: the rows are published figures; the estimate is pure. What is asserted is what a
+user relies on: every row names its source and what kind of figure it is, the upper bound that
+``fits`` is decided from lies above every published measurement, and the rows the estimate models
+fully (PEFT's MetaMathQA runs) stay within 5 %.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("memory_published", ROOT / "benchmarks" / "memory_published.py")
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    import sys
+
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def results(bench):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return [bench.evaluate(r) for r in bench.ROWS]
+
+
+def test_rows_name_their_source_and_kind(bench) -> None:
+    assert len(bench.ROWS) >= 10
+    for row in bench.ROWS:
+        assert row.kind in ("reserved", "limit"), row.key
+        repo = row.source.split()[0]
+        assert repo.count("/") == 1 and " @ " in row.source, row.source  # owner/name path @ commit
+        assert row.measured > 0 and row.notes
+
+
+def test_upper_bound_covers_every_published_measurement(results) -> None:
+    """'fits' is judged on the upper bound: it must never sit below a real measured peak."""
+    for x in results:
+        assert x["row"].measured <= x["upper_reserved"], (x["row"].key, x["row"].measured, x["upper_reserved"])
+
+
+def test_peft_rows_within_five_percent(results) -> None:
+    peft = [x for x in results if x["row"].key.startswith("peft/")]
+    assert len(peft) >= 4
+    for x in peft:
+        assert abs(x["error"]) <= 5.0, (x["row"].key, x["error"])
+
+
+def test_summary_and_markdown(bench, results) -> None:
+    s = bench.summary(results)
+    assert s["rows"] == len(results) and s["under_upper"] == len(results)
+    assert s["median_abs"] < s["accelerate_median_abs"]  # labkit beats accelerate's rule of thumb on these rows
+    table = bench.markdown(results)
+    assert table.count("\n") == len(results) + 1 and "huggingface/peft" in table
