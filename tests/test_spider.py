@@ -15,6 +15,7 @@ import pytest
 
 from labkit.errors import LabkitError
 from labkit.tasks import spider, text2sql
+from labkit.tasks.evaluate import evaluate_predictions
 
 GC = "SELECT COUNT(*) FROM Track t JOIN Genre g ON t.GenreId = g.GenreId WHERE g.Name = 'Rock'"
 GL = ("SELECT t.Name FROM Track t JOIN Genre g ON t.GenreId = g.GenreId WHERE g.Name = 'Jazz' "
@@ -296,6 +297,26 @@ def test_gold_queries_of_both_splits_parse_and_match_themselves() -> None:
     for gold in by_template.values():
         score = spider.score_pair(gold, gold)
         assert all(score.verdicts.values()) and all(c.f1 == 1 for c in score.components.values()), score.reason
+
+
+def test_eval_split_metrics_with_perturbed_predictions() -> None:
+    ev = text2sql.build_records(0, "entity")["eval"][:20]
+    gold = [r["output"] for r in ev]
+    renamed = [g.replace(" t ", " tr ").replace("t.", "tr.") if " t " in g else g for g in gold]
+    m = evaluate_predictions("text2sql", renamed, ev)
+    changed = sum(r != g for r, g in zip(renamed, gold)) / len(gold)
+    assert 0 < changed < 1
+    assert m["exact_string"] == m["exact_match"] == pytest.approx(1 - changed)
+    assert m["exact_set_match"] == m["exact_set_match_values"] == m["execution_accuracy"] == 1.0
+    other = [g.replace(f"'{text2sql.sql_literal(r['entity'])}'", "'Atlantis'") for g, r in zip(gold, ev)]
+    m = evaluate_predictions("text2sql", other, ev)
+    assert m["exact_set_match"] == 1.0 and m["exact_set_match_values"] == 0.0 and m["execution_accuracy"] < 0.3
+    assert m["partial_where"] == 1.0  # Spider's components mask values too
+    no_where = [g.split(" WHERE ")[0] for g in gold]  # every gold query has a WHERE
+    m = evaluate_predictions("text2sql", no_where, ev)
+    assert m["partial_where"] == 0.0 and m["partial_select"] == 1.0 and m["exact_set_match"] == 0.0  # which clause
+    m = evaluate_predictions("text2sql", ["DROP TABLE Track"] * len(ev), ev)
+    assert m["exact_set_match"] == 0.0 and m["execution_accuracy_spider"] == 0.0 and m["partial_select"] == 0.0
 
 
 def test_component_f1_over_a_split() -> None:

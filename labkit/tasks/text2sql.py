@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from labkit.data.chinook import chinook_db, table_columns
-from labkit.tasks.sqlexec import clean_sql, execution_match
+from labkit.tasks import spider
+from labkit.tasks.sqlexec import clean_sql
 
 NAME = "text2sql"
 SPLITS = ("entity", "template")
@@ -330,21 +331,34 @@ def sql_shape(sql: str) -> str:
 
 def evaluate(predictions: list[str], examples: list[dict[str, Any]]) -> dict[str, float]:
     """``exact_match`` (normalized SQL text), ``exact_match_no_values`` (same SQL up to string
-    literals) and ``execution_accuracy`` (same result rows).
+    literals) and ``execution_accuracy`` (same result rows), plus Spider's metrics.
 
     A model that writes the right query with the wrong entity value scores on the second and
     not on the others: the gap between them is the copying the model could not do.
+
+    The Spider-named keys (:mod:`labkit.tasks.spider`): ``exact_string`` (the same string match
+    as ``exact_match``, named for the lab's comparison), ``exact_set_match`` (Spider's official
+    clause-by-clause set match, values masked), ``exact_set_match_values`` (values compared),
+    ``execution_accuracy_any_order`` (any column order), ``execution_accuracy_spider`` (any column
+    order, DISTINCT removed, as Spider's script) and ``partial_<component>`` (Spider's component
+    F1 over the split). ``execution_accuracy`` stays labkit's: columns in order, DISTINCT kept.
     """
     db = chinook_db()
     exact = shape = execution = 0
+    scores = []
     for pred, ex in zip(predictions, examples):
         exact += normalize_sql(pred) == normalize_sql(ex["output"])
         shape += sql_shape(pred) == sql_shape(ex["output"])
-        execution += execution_match(pred, ex["output"], db)
+        scored = spider.score_pair(ex["output"], pred, db)
+        if scored.gold_error:  # a broken task record, not a bad answer: say so loudly
+            raise ValueError(f"{scored.gold_error}: {ex['output']}")
+        execution += scored.verdicts["execution_strict"]
+        scores.append(scored)
     n = max(len(examples), 1)
     return {
         "exact_match": exact / n,
         "exact_match_no_values": shape / n,
         "execution_accuracy": execution / n,
         "accuracy": execution / n,
+        **spider.evaluate_pairs(scores),
     }
