@@ -244,10 +244,15 @@ class FormatExplorer(Panel):
             return
         self.clear_error()
         self.rows = rows
-        new = self._new_figure(rows)
-        with self.fig.batch_update():
-            for i, trace in enumerate(new.data):
-                self.fig.data[i].update(trace.to_plotly_json())
+        d = self.model.figure_data(rows)
+        layout, names = d["layout"], d["names"]
+        heat, subnormal, normal, stored, line = self.fig.data
+        with self.fig.batch_update():  # set the traces' data in place (rebuilding subplots is slow)
+            heat.update(z=layout["z"], x=layout["x"], y=layout["y"], text=layout["text"])
+            subnormal.update(y=names, base=d["subnormal_base"], x=d["subnormal_width"])
+            normal.update(y=names, base=d["normal_base"], x=d["normal_width"])
+            stored.update(x=d["stored_x"], y=names, text=d["stored_text"])
+            line.update(x=d["input_x"], y=[names[0], names[-1]])
         self.table.value = self._table_html()
 
     def _new_figure(self, rows: Sequence[Decomposition]) -> go.Figure:
@@ -364,10 +369,11 @@ class RangePanel(Panel):
             return
         self.clear_error()
         self.fractions = data["fractions"]
-        new = self._new_figure(data)
-        with self.fig.batch_update():
-            self.fig.data[0].update(new.data[0].to_plotly_json())
-            self.fig.layout.shapes = new.layout.shapes
+        with self.fig.batch_update():  # in place: the histogram's data and the band's four edges
+            self.fig.data[0].update(x=data["centers"], y=data["counts"], width=RangeModel.BIN, marker_color="#555",
+                                    name="log2|x|")
+            for shape, (x0, x1) in zip(self.fig.layout.shapes, self._band_edges(data["band"])):
+                shape.update(x0=x0, x1=x1)
         self.summary.value = t("prec.fractions", fmt=self.model.fmt, k=self.model.scale_log2,
                                **{k: self.fractions[k] for k in ("underflow", "subnormal", "normal", "overflow",
                                                                  "count", "zeros")})
@@ -379,17 +385,19 @@ class RangePanel(Panel):
                                  name="log2|x|"))
         else:
             fig.add_trace(go.Bar(x=[], y=[]))
-        band = self.model.band()
-        lo, hi = RangeModel.LOW, RangeModel.HIGH
-        fig.add_vrect(x0=lo, x1=band["log2_min_subnormal"] - 1, fillcolor="#d62728", opacity=0.12, line_width=0)
-        fig.add_vrect(x0=band["log2_min_subnormal"] - 1, x1=band["log2_min_normal"], fillcolor="#ff7f0e",
-                      opacity=0.15, line_width=0)
-        fig.add_vrect(x0=band["log2_min_normal"], x1=band["log2_max"], fillcolor="#2ca02c", opacity=0.10,
-                      line_width=0)
-        fig.add_vrect(x0=band["log2_max"], x1=hi, fillcolor="#d62728", opacity=0.12, line_width=0)
+        colors = (("#d62728", 0.12), ("#ff7f0e", 0.15), ("#2ca02c", 0.10), ("#d62728", 0.12))
+        for (x0, x1), (color, opacity) in zip(self._band_edges(self.model.band()), colors):
+            fig.add_vrect(x0=x0, x1=x1, fillcolor=color, opacity=opacity, line_width=0)
         fig.update_layout(title=t("prec.t.hist"), height=360, xaxis_title="log2|x·scale|", showlegend=False,
                           margin={"t": 50})
         return fig
+
+    @staticmethod
+    def _band_edges(band: dict[str, float]) -> list[tuple[float, float]]:
+        """The four shaded spans: underflow to 0, subnormal, normal, overflow (log2 scale)."""
+        lo, hi = RangeModel.LOW, RangeModel.HIGH
+        return [(lo, band["log2_min_subnormal"] - 1), (band["log2_min_subnormal"] - 1, band["log2_min_normal"]),
+                (band["log2_min_normal"], band["log2_max"]), (band["log2_max"], hi)]
 
     def figures(self) -> list[go.Figure]:
         return [go.Figure(self.fig)]
