@@ -1,6 +1,8 @@
-"""The ``labkit`` command: ``lab``, ``doctor``, ``train``, ``fetch``, ``estimate``, ``measure``, ``sweep``, ``report``.
+"""The ``labkit`` command: ``lab``, ``doctor``, ``train``, ``fetch``, ``estimate``, ``measure``, ``sweep``,
+``lora-serving``, ``report``.
 
-Bad options print one line that names the option and what is allowed, and exit with code 2.
+Bad options print one line that names the option and what is allowed, and exit with code 2 (any
+:class:`labkit.errors.LabkitError`; 1 for the runtime ones: offline, or refused on this machine).
 """
 
 from __future__ import annotations
@@ -11,18 +13,9 @@ import json
 import sys
 from typing import Any, Callable, Sequence
 
-from labkit.train.config import (
-    ALPHA_POLICIES,
-    COMPUTE_DTYPES,
-    METHODS,
-    OPTIMIZERS,
-    PARALLEL,
-    PRECISIONS,
-    QUANT_TYPES,
-    SCHEDULES,
-    ConfigError,
-)
-from labkit.tasks.evaluate import MAX_NEW_TOKENS
+from labkit.cli_options import add_dataclass_options, add_store_options
+from labkit.errors import LabkitError
+from labkit.train.config import ConfigError, TrainConfig
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -40,86 +33,14 @@ def _subparsers(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
 # labkit train
 # --------------------------------------------------------------------------------------
 def add_train_options(parser: argparse.ArgumentParser) -> None:
-    """The TrainConfig options, shared by ``train`` and ``sweep``."""
-    parser.add_argument("--model", default="tiny", help="tiny, smollm2-135m, a Hugging Face id or a local path")
-    parser.add_argument("--task", default="text2sql", help="text2sql, json_extract, or both joined with +")
-    parser.add_argument("--method", choices=METHODS, default="lora")
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--alpha", type=float, default=None)
-    parser.add_argument("--alpha-policy", choices=ALPHA_POLICIES, default="2r")
-    parser.add_argument("--dropout", type=float, default=0.0)
-    parser.add_argument("--targets", default="q_proj,k_proj,v_proj,o_proj", help="module names, or all-linear")
-    parser.add_argument("--quant-type", choices=QUANT_TYPES, default="nf4")
-    parser.add_argument("--no-double-quant", dest="double_quant", action="store_false")
-    parser.add_argument("--compute-dtype", choices=COMPUTE_DTYPES, default="fp32")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--schedule", choices=SCHEDULES, default="cosine")
-    parser.add_argument("--warmup-steps", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--batch-size", "--batch", type=int, default=8)
-    parser.add_argument("--grad-accum", type=int, default=1)
-    parser.add_argument("--seq-len", "--seq", type=int, default=256)
-    parser.add_argument("--checkpointing", dest="grad_checkpointing", action="store_true")
-    parser.add_argument("--parallel", choices=PARALLEL, default="ddp",
-                        help="under torchrun/accelerate: ddp (a replica per process) or fsdp (sharded)")
-    parser.add_argument("--loss-multiplier", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data-seed", type=int, default=0, help="fixes the train/eval split")
-    parser.add_argument("--split", choices=("entity", "template"), default="entity",
-                        help="entity: unseen values in eval; template: unseen question templates")
-    parser.add_argument("--train-examples", type=int, default=None)
-    parser.add_argument("--train-file", default=None,
-                        help="JSONL of instruction/input/output records to train on (the task still evaluates)")
-    parser.add_argument("--eval-examples", type=int, default=40)
-    parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
-    parser.add_argument("--runs", default=None, help="run store folder (default: LABKIT_HOME/runs)")
-    parser.add_argument("--no-store", action="store_true", help="neither reuse nor save runs")
-    parser.add_argument("--json", action="store_true", help="print the run record as JSON")
+    """``labkit train``'s options: one per TrainConfig field (from its metadata), then the run store's."""
+    add_dataclass_options(parser, TrainConfig)
+    add_store_options(parser, "runs", "print the run record as JSON")
 
 
-def config_from_args(args: argparse.Namespace, **overrides: Any):
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     """Build a TrainConfig from parsed options (raises ConfigError on a bad value)."""
-    from labkit.train.config import TrainConfig
-
-    targets: Any = args.targets
-    if targets != "all-linear":
-        targets = tuple(t.strip() for t in targets.split(",") if t.strip())
-    fields = dict(
-        model=args.model,
-        task=args.task,
-        method=args.method,
-        rank=args.rank,
-        alpha=args.alpha,
-        alpha_policy=args.alpha_policy,
-        dropout=args.dropout,
-        targets=targets,
-        quant_type=args.quant_type,
-        double_quant=args.double_quant,
-        compute_dtype=args.compute_dtype,
-        precision=args.precision,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        schedule=args.schedule,
-        warmup_steps=args.warmup_steps,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
-        seq_len=args.seq_len,
-        grad_checkpointing=args.grad_checkpointing,
-        parallel=args.parallel,
-        loss_multiplier=args.loss_multiplier,
-        seed=args.seed,
-        data_seed=args.data_seed,
-        split=args.split,
-        train_examples=args.train_examples,
-        train_file=args.train_file,
-        eval_examples=args.eval_examples,
-        max_new_tokens=args.max_new_tokens,
-    )
-    fields.update(overrides)
-    return TrainConfig(**fields)
+    return TrainConfig.from_args(args, **overrides)
 
 
 def store_from_args(args: argparse.Namespace):
@@ -147,7 +68,9 @@ def run_train(args: argparse.Namespace) -> int:
     distributed.finish()
     if args.json:
         for rank_record in records:
-            print(json.dumps(rank_record, allow_nan=False, default=str), flush=True)
+            from labkit.train.store import json_safe
+
+            print(json.dumps(json_safe(rank_record), allow_nan=False, default=str), flush=True)
     elif records:  # the main process (or the only one) prints the summary
         _print_summary(record)
     return 0 if record["status"] == "ok" else 1
@@ -217,6 +140,7 @@ FEATURE_COMMANDS = {
     "estimate": ("labkit.memory.cli", "add_estimate_parser", "run_estimate"),
     "measure": ("labkit.memory.cli", "add_measure_parser", "run_measure"),
     "sweep": ("labkit.lora.cli", "add_parser", "run"),
+    "lora-serving": ("labkit.lora.cli", "add_parser", "run"),
     "report": ("labkit.report", "add_parser", "run"),
 }
 
@@ -242,9 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.set_defaults(handler=run_fetch)
 
     for name, (module_name, add_name, run_name) in FEATURE_COMMANDS.items():
+        if name in sub.choices:  # registered by an earlier module (sweep brings lora-serving)
+            continue
         try:
             module = importlib.import_module(module_name)
-        except ImportError:
+        except ImportError as error:  # still listed: calling it says why, instead of "invalid choice"
+            _add_unavailable(sub, name, error)
             continue
         add: Callable = getattr(module, add_name)
         handler: Callable = getattr(module, run_name)
@@ -253,6 +180,20 @@ def build_parser() -> argparse.ArgumentParser:
         for added in set(sub.choices) - before:
             sub.choices[added].set_defaults(handler=handler)
     return parser
+
+
+def _add_unavailable(sub: argparse._SubParsersAction, name: str, error: ImportError) -> None:
+    """List ``name`` with a handler that prints why its module did not import (exit 1)."""
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    # No option prefix: whatever follows the name is taken as text, so the call reaches the handler.
+    unavailable = sub.add_parser(name, help=f"(unavailable: {reason})", add_help=False, prefix_chars="\0")
+    unavailable.add_argument("rest", nargs="*")
+
+    def handler(args: argparse.Namespace) -> int:
+        print(f"labkit {name}: unavailable: {reason}", file=sys.stderr)
+        return 1
+
+    unavailable.set_defaults(handler=handler)
 
 
 def _quiet_libraries() -> None:
@@ -274,14 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args) or 0)
-    except ConfigError as error:
-        print(f"labkit {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except ValueError as error:
-        if type(error).__name__.endswith(("ConfigError", "SetupError", "ParameterError")):
-            print(f"labkit {args.command}: error: {error}", file=sys.stderr)
-            return 2
-        raise
+    except LabkitError as error:  # a user-facing error: its message names the option and what is allowed
+        message = " ".join(str(error).split())  # one line, whatever the message holds
+        print(f"labkit {args.command}: error: {message}", file=sys.stderr)
+        return 1 if isinstance(error, RuntimeError) else 2  # offline, or refused to run here: not a usage error
 
 
 if __name__ == "__main__":

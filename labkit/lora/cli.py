@@ -15,6 +15,12 @@ from labkit.lora.params import TARGET_SETS, LoRAError
 
 __all__ = ["add_parser", "run", "parse_list"]
 
+# TrainConfig fields `labkit sweep` exposes (besides --model/--task): shared by every point.
+SHARED_OPTIONS = (
+    "steps", "seed", "lr", "batch_size", "seq_len", "precision", "optimizer", "schedule", "warmup_steps",
+    "quant_type", "train_examples", "eval_examples", "max_new_tokens",
+)
+
 
 def parse_list(text: str, option: str, cast: Any = str) -> list[Any]:
     """``"1,2,4"`` → ``[1, 2, 4]``; a bad item raises LoRAError naming the option."""
@@ -27,33 +33,21 @@ def parse_list(text: str, option: str, cast: Any = str) -> list[Any]:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``sweep`` and ``lora-serving`` on the ``labkit`` command."""
-    from labkit.train.config import ALPHA_POLICIES, OPTIMIZERS, PRECISIONS, QUANT_TYPES, SCHEDULES
+    from labkit.cli_options import add_dataclass_options, add_store_options
+    from labkit.train.config import ALPHA_POLICIES, TrainConfig
 
     p = subparsers.add_parser("sweep", help="train a task at several LoRA ranks (+ full FT) and compare")
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--task", default="text2sql")
+    add_dataclass_options(p, TrainConfig, only=("model", "task"))
     p.add_argument("--ranks", default="1,2,4,8,16,64", help="comma-separated LoRA ranks")
     p.add_argument("--full", action="store_true", help="add full fine-tuning as the baseline")
     p.add_argument("--qlora", action="store_true", help="also sweep the same ranks over a 4-bit base")
     p.add_argument("--alpha-policies", default="2r", help=f"comma-separated: {','.join(ALPHA_POLICIES)}")
     p.add_argument("--targets", default="attention", help=f"comma-separated target sets: {','.join(TARGET_SETS)}")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=None, help="default: the engine's policy per method")
-    p.add_argument("--batch-size", "--batch", type=int, default=None, help="default: TrainConfig's")
-    p.add_argument("--seq-len", "--seq", type=int, default=None, help="default: TrainConfig's")
-    p.add_argument("--precision", choices=PRECISIONS, default=None)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
-    p.add_argument("--schedule", choices=SCHEDULES, default=None)
-    p.add_argument("--warmup-steps", type=int, default=None)
-    p.add_argument("--quant-type", choices=QUANT_TYPES, default=None)
-    p.add_argument("--train-examples", type=int, default=None)
-    p.add_argument("--eval-examples", type=int, default=None)
-    p.add_argument("--max-new-tokens", type=int, default=None)
+    # The TrainConfig options every point shares; left unset, TrainConfig's defaults apply (so
+    # `labkit train` and `labkit sweep` agree), except the sweep's shorter default --steps.
+    add_dataclass_options(p, TrainConfig, only=SHARED_OPTIONS, defaults={"steps": 100, "seed": 0}, unset=True)
     p.add_argument("--device", default=None)
-    p.add_argument("--runs", default=None, help="run store folder (default: LABKIT_HOME/runs)")
-    p.add_argument("--no-store", action="store_true", help="neither reuse nor save points")
-    p.add_argument("--json", action="store_true", help='print {"points": [...]} as JSON')
+    add_store_options(p, "points", 'print {"points": [...]} as JSON')
 
     s = subparsers.add_parser("lora-serving", help="latency, storage and switching: merged vs attached adapters")
     s.add_argument("--model", default="tiny")
@@ -91,18 +85,18 @@ def _run_sweep(args: argparse.Namespace) -> int:
             raise LoRAError(f"--targets: each must be one of {', '.join(TARGET_SETS)}; got {t!r}")
     _check_task(args.task)
     store: Any = False if args.no_store else (RunStore(args.runs) if args.runs else None)
-    # Options left unset keep TrainConfig's defaults (so `labkit train` and `labkit sweep` agree).
-    given = dict(
-        lr=args.lr, batch_size=args.batch_size, seq_len=args.seq_len, precision=args.precision,
-        optimizer=args.optimizer, schedule=args.schedule, warmup_steps=args.warmup_steps,
-        quant_type=args.quant_type, train_examples=args.train_examples, eval_examples=args.eval_examples,
-        max_new_tokens=args.max_new_tokens,
-    )
+    # Options left unset are absent here, so the points keep TrainConfig's defaults.
+    from labkit.cli_options import values_from_args
+    from labkit.train.config import TrainConfig
+
+    given = values_from_args(args, TrainConfig)
+    for name in ("model", "task", "steps", "seed"):
+        given.pop(name)
     result = run_sweep(
         args.model, args.task, ranks,
         full=args.full, alpha_policies=policies, target_sets=target_sets, qlora=args.qlora,
         steps=args.steps, seed=args.seed, store=store, progress=not args.json or sys.stderr.isatty(),
-        device=args.device, **{k: v for k, v in given.items() if v is not None},
+        device=args.device, **given,
     )
     if args.json:
         from labkit.train.store import json_safe

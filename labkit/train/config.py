@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from labkit.cli_options import comma_list, number_or_none, option, values_from_args
 from labkit.data.records import file_digest
 from labkit.errors import LabkitError
 from labkit.tasks.evaluate import MAX_NEW_TOKENS
@@ -37,6 +39,11 @@ PRECISION_HELP = {
 }
 
 
+def _parse_targets(text: str) -> tuple[str, ...] | str:
+    """``--targets`` text: ``all-linear``, or comma-separated module names."""
+    return "all-linear" if text.strip() == "all-linear" else comma_list(text)
+
+
 class ConfigError(LabkitError):
     """A bad option: the message names the option and what is allowed."""
 
@@ -49,44 +56,61 @@ class ConfigError(LabkitError):
 class TrainConfig:
     """Everything that decides what a training run computes."""
 
-    model: str = "tiny"
-    task: str = "text2sql"
-    method: str = "lora"
+    model: str = field(default="tiny", metadata=option("tiny, smollm2-135m, a Hugging Face id or a local path"))
+    task: str = field(default="text2sql", metadata=option("text2sql, json_extract, or both joined with +"))
+    method: str = field(default="lora", metadata=option("what is trained: all weights, LoRA adapters, or LoRA "
+                                                        "over a 4-bit base", choices=METHODS))
     # LoRA (peft LoraConfig)
-    rank: int = 8
-    alpha: float | None = None  # None: from alpha_policy
-    alpha_policy: str = "2r"  # fixed (alpha=16) | 2r | rslora (alpha/sqrt(r))
-    dropout: float = 0.0
-    targets: tuple[str, ...] | str = ("q_proj", "k_proj", "v_proj", "o_proj")
+    rank: int = field(default=8, metadata=option("LoRA rank r, an integer in [1, 4096]"))
+    alpha: float | None = field(default=None, metadata=option(  # None: from alpha_policy
+        "LoRA alpha (> 0); default: from --alpha-policy"))
+    alpha_policy: str = field(default="2r", metadata=option(  # fixed (alpha=16) | 2r | rslora (alpha/sqrt(r))
+        "fixed: alpha 16; 2r: alpha = 2r; rslora: alpha/sqrt(r) scaling", choices=ALPHA_POLICIES))
+    dropout: float = field(default=0.0, metadata=option("LoRA dropout, in [0, 1)"))
+    targets: tuple[str, ...] | str = field(default=("q_proj", "k_proj", "v_proj", "o_proj"), metadata=option(
+        "module names, or all-linear", parse=_parse_targets, metavar="TARGETS"))
     # QLoRA (bitsandbytes 4-bit base)
-    quant_type: str = "nf4"
-    double_quant: bool = True
-    compute_dtype: str = "fp32"
+    quant_type: str = field(default="nf4", metadata=option("QLoRA 4-bit data type", choices=QUANT_TYPES))
+    double_quant: bool = field(default=True, metadata=option("QLoRA: do not quantize the quantization constants",
+                                                             flags=("--no-double-quant",)))
+    compute_dtype: str = field(default="fp32", metadata=option("QLoRA compute dtype", choices=COMPUTE_DTYPES))
     # optimisation
-    precision: str = "fp32"
-    optimizer: str = "adamw"
-    lr: float | None = None  # None: adapters 1e-2 on tiny / 2e-4 otherwise; full FT 5e-4 on tiny / 5e-5
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    schedule: str = "cosine"
-    warmup_steps: int = 10
-    steps: int = 200
-    batch_size: int = 8
-    grad_accum: int = 1
-    seq_len: int = 256
-    grad_checkpointing: bool = False
-    parallel: str = "ddp"  # ddp: a full replica per process | fsdp: parameters, grads, optimizer sharded
-    max_grad_norm: float | None = 1.0
-    loss_multiplier: float = 1.0  # <1 pushes gradients towards fp16 underflow (the loss-scaling lesson)
-    seed: int = 0
+    precision: str = field(default="fp32", metadata=option("weights/compute precision policy", choices=PRECISIONS))
+    optimizer: str = field(default="adamw", metadata=option("optimizer", choices=OPTIMIZERS))
+    lr: float | None = field(default=None, metadata=option(  # see learning_rate
+        "learning rate in (0, 10); default: the engine's policy per method (adapters 1e-2 on tiny / 2e-4, "
+        "full FT 5e-4 on tiny / 5e-5)"))
+    weight_decay: float = field(default=0.0, metadata=option("weight decay, in [0, 1]"))
+    momentum: float = field(default=0.9, metadata=option("SGD momentum, in [0, 1)"))
+    schedule: str = field(default="cosine", metadata=option("learning-rate schedule after warmup", choices=SCHEDULES))
+    warmup_steps: int = field(default=10, metadata=option("linear warmup steps, an integer >= 0"))
+    steps: int = field(default=200, metadata=option("optimizer steps, an integer >= 1"))
+    batch_size: int = field(default=8, metadata=option("examples per micro-batch", flags=("--batch-size", "--batch")))
+    grad_accum: int = field(default=1, metadata=option("micro-batches accumulated per optimizer step"))
+    seq_len: int = field(default=256, metadata=option("tokens per example (longer ones are cut), an integer >= 8",
+                                                      flags=("--seq-len", "--seq")))
+    grad_checkpointing: bool = field(default=False, metadata=option(
+        "gradient checkpointing: recompute activations in the backward pass", flags=("--checkpointing",)))
+    parallel: str = field(default="ddp", metadata=option(
+        "under torchrun/accelerate: ddp (a replica per process) or fsdp (sharded)", choices=PARALLEL))
+    max_grad_norm: float | None = field(default=1.0, metadata=option(
+        "clip the gradient norm to this (> 0), or none", parse=number_or_none))
+    loss_multiplier: float = field(default=1.0, metadata=option(  # <1: the loss-scaling lesson
+        "multiply the loss by this (> 0); below 1 pushes fp16 gradients towards underflow"))
+    seed: int = field(default=0, metadata=option("seed of the weights and the batch order"))
     # data / evaluation
-    data_seed: int = 0  # fixes the train/eval split, so runs with different seeds share one eval set
-    split: str = "entity"  # entity: eval entity values unseen; template: whole question templates unseen
-    train_examples: int | None = None  # None: the whole train split
-    train_file: str | None = None  # JSONL instruction records to train on instead of the task's train split
-    eval_examples: int = 40
-    max_new_tokens: int = MAX_NEW_TOKENS  # greedy answers may run this long (labkit.tasks.evaluate)
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form, part of the key
+    data_seed: int = field(default=0, metadata=option(  # runs with different seeds share one eval set
+        "fixes the train/eval split"))
+    split: str = field(default="entity", metadata=option(
+        "entity: unseen values in eval; template: unseen question templates", choices=SPLITS))
+    train_examples: int | None = field(default=None, metadata=option(
+        "train on the first N examples (default: the whole train split)"))
+    train_file: str | None = field(default=None, metadata=option(
+        "JSONL of instruction/input/output records to train on (the task still evaluates)"))
+    eval_examples: int = field(default=40, metadata=option("held-out questions scored after training (0: none)"))
+    max_new_tokens: int = field(default=MAX_NEW_TOKENS, metadata=option(  # labkit.tasks.evaluate
+        "greedy answers may run this long (tokens)"))
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})  # free-form, part of the key
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, list):
@@ -126,6 +150,16 @@ class TrainConfig:
             raise ConfigError("alpha", "> 0", self.alpha)
         if not self.loss_multiplier > 0:
             raise ConfigError("loss_multiplier", "> 0", self.loss_multiplier)
+        for name in ("alpha", "lr", "loss_multiplier", "max_grad_norm"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise ConfigError(name, "a finite number", value)
+        if not (isinstance(self.weight_decay, (int, float)) and 0.0 <= self.weight_decay <= 1.0):
+            raise ConfigError("weight_decay", "in [0, 1]", self.weight_decay)
+        if not (isinstance(self.momentum, (int, float)) and 0.0 <= self.momentum < 1.0):
+            raise ConfigError("momentum", "in [0, 1)", self.momentum)
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ConfigError("max_grad_norm", "> 0, or none (no clipping)", self.max_grad_norm)
         if isinstance(self.targets, str) and self.targets != "all-linear":
             raise ConfigError("targets", "module names (e.g. q_proj,v_proj) or all-linear", self.targets)
         if isinstance(self.targets, tuple) and not self.targets:
@@ -167,6 +201,11 @@ class TrainConfig:
         if unknown:
             raise ConfigError(unknown[0], f"one of {', '.join(sorted(known))}", data[unknown[0]])
         return cls(**data)
+
+    @classmethod
+    def from_args(cls, args: Any, **overrides: Any) -> "TrainConfig":
+        """The config of parsed CLI options (``labkit.cli_options``); unset options keep the defaults."""
+        return cls(**{**values_from_args(args, cls), **overrides})
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
