@@ -281,19 +281,24 @@ class _LiveBytes:
         self.seen.pop(key, None)
 
 
-@pytest.mark.parametrize("precision,method,keep,ckpt", [
-    ("fp32", "full", False, False), ("bf16", "lora", False, False), ("bf16", "lora", True, False),
-    ("amp-bf16", "lora", True, True), ("fp32", "lora", False, True),
+@pytest.mark.parametrize("precision,method,keep,ckpt,vocab,low,high", [
+    ("fp32", "full", False, False, 8192, -1, 1), ("bf16", "lora", False, False, 8192, -1, 1),
+    ("bf16", "lora", True, False, 8192, -1, 1), ("amp-bf16", "lora", True, True, 8192, -1, 1),
+    ("fp32", "lora", False, True, 8192, -1, 1),
+    # small vocabulary: a checkpointed block's backward sets the peak (recomputed block + its gradients)
+    ("bf16", "lora", False, True, 256, -1, 3), ("fp32", "full", False, True, 256, -1, 6),
 ])
-def test_peak_moment_matches_live_tensor_peak(precision: str, method: str, keep: bool, ckpt: bool) -> None:
+def test_peak_moment_matches_live_tensor_peak(precision: str, method: str, keep: bool, ckpt: bool, vocab: int,
+                                              low: float, high: float) -> None:
     """One real CPU forward + backward, every live storage tracked: its peak is the estimate's
-    (moments minus the weights and optimizer state that exist before the step), within 1 %.
-    The logits terms dominate here (vocab 8192): log_softmax's backward holds three fp32 (b·s, V)
-    tensors, and a loop that keeps its output holds the logits too."""
+    (moments minus the weights and optimizer state that exist before the step), within [low, high] %.
+    With vocab 8192 the logits terms dominate: log_softmax's backward holds three fp32 (b·s, V)
+    tensors, and a loop that keeps its output holds the logits too. With vocab 256 the widest op of a
+    recomputed block's backward does (full FT: + the parameter gradients accumulated so far)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = toy_config("llama", vocab_size=8192, hidden_size=64, num_hidden_layers=2)
+    cfg = toy_config("llama", vocab_size=vocab, hidden_size=64, num_hidden_layers=2)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     torch.manual_seed(0)
     net = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=dtype, attn_implementation="sdpa")
@@ -308,7 +313,7 @@ def test_peak_moment_matches_live_tensor_peak(precision: str, method: str, keep:
         if ckpt:
             net.enable_input_require_grads()
     net.train()
-    ids = torch.randint(0, 8192, (2, 96))
+    ids = torch.randint(0, vocab, (2, 96))
     live = _LiveBytes(list(net.parameters()) + list(net.buffers()) + [ids])
     amp = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "amp-bf16" else __import__("contextlib").nullcontext()
     with live.mode:
@@ -321,7 +326,8 @@ def test_peak_moment_matches_live_tensor_peak(precision: str, method: str, keep:
     est = estimate(cfg, setup, keeps_logits=keep)
     before = est.bytes["weights"] + est.bytes["optimizer"]  # exist before the step (not tracked)
     step_moments = {k: v - before for k, v in est.moments.items() if k != "optimizer_step"}
-    assert max(step_moments.values()) == pytest.approx(live.peak, rel=0.01), (step_moments, live.peak)
+    err = (max(step_moments.values()) - live.peak) / live.peak * 100
+    assert low <= err <= high, (err, step_moments, live.peak)
 
 
 def test_upper_bound_names_its_terms_and_is_never_below_the_point() -> None:

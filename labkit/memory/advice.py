@@ -84,11 +84,12 @@ def fixes(model: Any, setup: MemorySetup, gpu_mem: int, *, base_total: int | Non
     found = []
     for key, label, new in candidate_changes(setup):
         try:
-            total = estimate(model, new).total
+            result = estimate(model, new)
         except (SetupError, ValueError):
             continue
-        if total < base_total:
-            found.append(Fix(key, label, new, total, base_total - total, total <= gpu_mem, _COST.get(key, 9)))
+        total = result.total
+        if total < base_total:  # "fits" from the upper bound, like every verdict
+            found.append(Fix(key, label, new, total, base_total - total, result.fits(gpu_mem), _COST.get(key, 9)))
     found.sort(key=lambda f: (not f.fits, f.cost if f.fits else 0, -f.saves))
     return found
 
@@ -97,9 +98,10 @@ def greedy_plan(model: Any, setup: MemorySetup, gpu_mem: int, max_steps: int = 5
     """Apply the cheapest biggest-saving change repeatedly until it fits (or nothing helps)."""
     plan: list[Fix] = []
     current = setup
-    total = estimate(model, current).total
+    first = estimate(model, current)
+    total, fits = first.total, first.fits(gpu_mem)
     for _ in range(max_steps):
-        if total <= gpu_mem:
+        if fits:
             break
         options = fixes(model, current, gpu_mem, base_total=total)
         if not options:
@@ -107,5 +109,5 @@ def greedy_plan(model: Any, setup: MemorySetup, gpu_mem: int, max_steps: int = 5
         fitting = [f for f in options if f.fits]
         best = fitting[0] if fitting else max(options, key=lambda f: f.saves / f.cost)
         plan.append(best)
-        current, total = best.setup, best.total
+        current, total, fits = best.setup, best.total, best.fits
     return plan

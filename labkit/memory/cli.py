@@ -132,7 +132,7 @@ def run_estimate(args: argparse.Namespace) -> int:
         result = estimate(args.model, setup, activations=method)
     except (SetupError, ArchError, ValueError) as exc:
         return _fail(str(exc))
-    if gpu_mem is not None and result.total > gpu_mem:
+    if gpu_mem is not None and not result.fits(gpu_mem):
         result.info["fixes"] = [f.to_dict() | {"text": f.text()} for f in fixes(args.model, setup, gpu_mem)[:5]]
     _print(result, args, gpu_mem)
     return 0
