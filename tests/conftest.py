@@ -18,3 +18,19 @@ def tiny():
     from labkit.models import load_model, load_tokenizer
 
     return load_model("tiny"), load_tokenizer("tiny")
+
+
+# Hypothesis profiles for the panel property tests (tests/test_panel_properties.py): ``ci`` by
+# default (the whole property run stays under a minute), ``HYPOTHESIS_PROFILE=slow`` for more.
+try:
+    import os
+
+    from hypothesis import HealthCheck, settings
+
+    _slow_checks = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True,
+                              suppress_health_check=_slow_checks)
+    settings.register_profile("slow", max_examples=1000, deadline=None, suppress_health_check=_slow_checks)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # hypothesis is in the test extra; without it the property tests skip
+    pass

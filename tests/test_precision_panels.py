@@ -52,6 +52,15 @@ def test_format_explorer_bad_input_is_a_message():
     assert p.errors == [] and p.model.value == 2.0
 
 
+def test_format_explorer_near_the_largest_double():
+    """Found by the property tests: rounding 1.7e308 to fp8 e5m2 overflowed a Python float."""
+    p = FormatExplorer()
+    p.value_text.value = "1.6853373139334212e+308"
+    assert p.errors == [] and p.model.value == 1.6853373139334212e308
+    verdicts = {r["format"]: r["verdict"] for r in p.model.table(p.rows)}
+    assert verdicts["fp8_e5m2"] == "overflow → inf" and verdicts["fp8_e4m3fn"] == "overflow, saturated to ±max"
+
+
 def test_format_explorer_model_alone():
     from labkit.panels.precision import FormatExplorerModel
     from labkit.precision.decompose import decompose

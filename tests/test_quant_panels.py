@@ -61,6 +61,9 @@ def test_bad_combination_is_a_message_not_a_traceback():
     assert p.model.double_quant and "double_quant" in p.errors[0]
     p.double_quant.value = False
     assert p.errors == []
+    p.blocksize.value = 64  # zeropoint's constants are a scale and a zero point: nothing to double-quantize
+    p.double_quant.value = True  # (found by the property tests: a KeyError escaped from quantize())
+    assert p.errors[0].startswith("double_quant:") and "only" in p.errors[0]
 
 
 def test_model_alone_and_four_bit_formats_fix_bits():

@@ -75,6 +75,8 @@ def _round_magnitude(f: FloatFormat, a: float) -> float:
     """|value| rounded to the format's grid (RNE) as if the exponent had no upper limit."""
     if a == 0.0 or math.isinf(a):
         return a
+    if a >= 2 * f.max:  # past any rounding back to max; rounding itself could overflow a Python float
+        return math.inf
     _, e2 = math.frexp(a)
     exp = max(e2 - 1, f.emin)
     quantum_exp = exp - f.mantissa_bits

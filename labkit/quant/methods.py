@@ -107,6 +107,8 @@ def quantize(
         raise QuantError(f"blocksize: must be an integer in [2, 1048576] or None; got {blocksize!r}")
     if double_quant and blocksize is None:
         raise QuantError("double_quant: needs per-block constants (give a blocksize)")
+    if double_quant and method == "zeropoint":  # its constants are a scale and a zero point, not absmax
+        raise QuantError("double_quant: only for the absmax-scaled methods (absmax, blockwise, quantile, nf4, fp4)")
 
     flat = x.detach().reshape(-1).float()
     if method == "zeropoint":
