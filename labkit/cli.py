@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from labkit.cli_options import add_dataclass_options, add_store_options
@@ -58,11 +59,44 @@ def check_task(task: str) -> None:
             raise ConfigError("task", "one of " + "|".join(TASKS) + " (or several joined with +)", name)
 
 
+def check_model(name: str) -> None:
+    """Refuse a local model folder that cannot load (missing, a file, no config, no safetensors) up front.
+
+    Built-in names and hub ids pass (they are resolved when loaded); labkit loads weights only
+    from safetensors, never pickle, so a folder with only ``*.bin`` weights is refused too.
+    """
+    from labkit.models.registry import BUILTIN_MODELS, ModelNotFoundError, _looks_like_path
+
+    if name in BUILTIN_MODELS:
+        return
+    path = Path(name).expanduser()
+    if not path.exists():
+        if _looks_like_path(name):
+            raise ModelNotFoundError(f"--model: no folder at {name}; give tiny, smollm2-135m, a hub id or a model folder")
+        return
+    if not path.is_dir():
+        raise ModelNotFoundError(f"--model: must be a model folder (config.json + *.safetensors); {name} is a file")
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"--model: folder {name} has no config.json (not a Hugging Face model folder)")
+    if not any(path.glob("*.safetensors")):
+        raise ModelNotFoundError(f"--model: folder {name} has no *.safetensors weights (only safetensors are loaded)")
+
+
+def report_failure(command: str, record: Any) -> None:
+    """One stderr line for a run that ended with an error (the record holds the details)."""
+    status = record["status"] if isinstance(record, dict) else getattr(record, "status", None)
+    error = record.get("error") if isinstance(record, dict) else getattr(record, "error", None)
+    if status not in ("ok", None):
+        reason = " ".join(str(error or status).split())[:300]
+        print(f"labkit {command}: the run did not finish ({status}): {reason}", file=sys.stderr)
+
+
 def run_train(args: argparse.Namespace) -> int:
     from labkit.train import distributed, train
 
     config = config_from_args(args)
     check_task(config.task)
+    check_model(config.model)
     record = train(config, store=store_from_args(args), progress=not args.json or sys.stderr.isatty())
     records = distributed.gather_to_main(record)  # under torchrun: rank 0 prints every rank's record
     distributed.finish()
@@ -73,6 +107,7 @@ def run_train(args: argparse.Namespace) -> int:
             print(json.dumps(json_safe(rank_record), allow_nan=False, default=str), flush=True)
     elif records:  # the main process (or the only one) prints the summary
         _print_summary(record)
+    report_failure("train", record)
     return 0 if record["status"] == "ok" else 1
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Union
 
 __all__ = [
     "option", "cli_fields", "add_dataclass_options", "values_from_args", "add_store_options", "comma_list",
-    "number_or_none",
+    "number_or_none", "device_name",
 ]
 
 
@@ -57,6 +57,25 @@ def number_or_none(text: str) -> float | None:
 
 
 number_or_none.__name__ = "number (or none)"  # argparse names the type in "invalid ... value"
+
+
+def device_name(text: str) -> str:
+    """``--device``: auto, cpu, cuda, cuda:N or mps, and available on this machine."""
+    import re
+
+    import torch
+
+    name = text.strip().lower()
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda, cuda:N or mps; got {text!r}")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.partition(":")[2] or 0)
+        if index >= count:
+            raise argparse.ArgumentTypeError(f"{text!r} is not available here ({count} CUDA devices); try cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise argparse.ArgumentTypeError("'mps' is not available here; try cpu or auto")
+    return name
 
 
 def _default(f: dataclasses.Field) -> Any:

@@ -8,6 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from labkit.errors import LabkitError
+
+
+class LaunchError(LabkitError):
+    """A bad ``labkit lab`` option (the folder, the port)."""
+
 
 def labs_dir(explicit: str | None = None) -> Path:
     """The notebooks to open: ``--dir``, else ``./labs``, else the labs beside the labkit source."""
@@ -18,7 +24,7 @@ def labs_dir(explicit: str | None = None) -> Path:
     else:
         path = Path(__file__).resolve().parent.parent / "labs"
     if not path.is_dir():
-        raise FileNotFoundError(f"--dir: no labs folder at {path}; pass --dir PATH to a folder of notebooks")
+        raise LaunchError(f"--dir: must be a folder of notebooks; no folder at {path}")
     return path.resolve()
 
 
@@ -35,6 +41,8 @@ def lab_command(directory: Path, port: int, token: str) -> list[str]:
 
 def launch_lab(directory: str | None = None, *, port: int = 8888, dry_run: bool = False) -> int:
     """Start JupyterLab (or, with ``dry_run``, print the command it would run)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise LaunchError(f"--port: must be an integer in [1, 65535]; got {port!r}")
     folder = labs_dir(directory)
     token = secrets.token_hex(16)
     command = lab_command(folder, port, token)

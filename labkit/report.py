@@ -182,8 +182,14 @@ def notebook_parameters(notebook: str | Path | nbformat.NotebookNode) -> dict[st
             params[name] = NotebookParameter(name, default, annotation, help_by_line.get(node.lineno, ""))
     if not isinstance(notebook, nbformat.NotebookNode):
         try:
+            import logging
+
             import papermill
 
+            # its parser warns on lines it cannot read (annotations, comments): ours read them above
+            translators = logging.getLogger("papermill.translators")
+            if not any(isinstance(f, _DropUnparsedWarning) for f in translators.filters):
+                translators.addFilter(_DropUnparsedWarning())
             for p in papermill.inspect_notebook(str(notebook)).values():
                 if p["name"] not in params:
                     default = _literal(p.get("default", "None"))
@@ -245,6 +251,13 @@ def validate_parameters(notebook: str | Path, params: dict[str, Any]) -> dict[st
 # execution
 
 
+class _DropUnparsedWarning:
+    """papermill's parameter parser warns on lines it cannot read; labkit's ``ast`` reading did."""
+
+    def filter(self, record: Any) -> bool:
+        return "Unable to parse line" not in record.getMessage()
+
+
 class _DropValidatedWarning:
     """papermill warns about names its own inspector misses (annotated ones); ours checked them."""
 
@@ -279,6 +292,10 @@ def run_report(
     src = Path(notebook)
     if not src.is_file():
         raise ReportError(f"notebook not found: {src}")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 1):
+        raise ReportError(f"--timeout: must be a whole number of seconds per cell, >= 1; got {timeout!r}")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ReportError(f"--output: must be a folder; {out_dir} is a file")
     params = dict(params or {})
     validate_parameters(src, params)
     out = Path(out_dir)
@@ -477,7 +494,14 @@ def _add_header(nb: nbformat.NotebookNode, title: str | None, seconds: float | N
 
 
 def _read(path: str | Path) -> nbformat.NotebookNode:
-    return nbformat.read(str(path), as_version=4)
+    """The notebook at ``path``; :class:`ReportError` when the file is not a valid notebook."""
+    try:
+        nb = nbformat.read(str(path), as_version=4)
+        nbformat.validate(nb)
+    except (ValueError, TypeError, KeyError, AttributeError, nbformat.ValidationError) as exc:
+        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise ReportError(f"notebook: {path} is not a Jupyter notebook ({reason})") from None
+    return nb
 
 
 # ---------------------------------------------------------------------------------------------

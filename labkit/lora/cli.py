@@ -15,6 +15,8 @@ from labkit.lora.params import TARGET_SETS, LoRAError
 
 __all__ = ["add_parser", "run", "parse_list"]
 
+DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps (default: the best one here)"
+
 # TrainConfig fields `labkit sweep` exposes (besides --model/--task): shared by every point.
 SHARED_OPTIONS = (
     "steps", "seed", "lr", "batch_size", "seq_len", "precision", "optimizer", "schedule", "warmup_steps",
@@ -33,7 +35,7 @@ def parse_list(text: str, option: str, cast: Any = str) -> list[Any]:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register ``sweep`` and ``lora-serving`` on the ``labkit`` command."""
-    from labkit.cli_options import add_dataclass_options, add_store_options
+    from labkit.cli_options import add_dataclass_options, add_store_options, device_name
     from labkit.train.config import ALPHA_POLICIES, TrainConfig
 
     p = subparsers.add_parser("sweep", help="train a task at several LoRA ranks (+ full FT) and compare")
@@ -46,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     # The TrainConfig options every point shares; left unset, TrainConfig's defaults apply (so
     # `labkit train` and `labkit sweep` agree), except the sweep's shorter default --steps.
     add_dataclass_options(p, TrainConfig, only=SHARED_OPTIONS, defaults={"steps": 100, "seed": 0}, unset=True)
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, type=device_name, help=DEVICE_HELP)
     add_store_options(p, "points", 'print {"points": [...]} as JSON')
 
     s = subparsers.add_parser("lora-serving", help="latency, storage and switching: merged vs attached adapters")
@@ -58,7 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--prompt-len", type=int, default=16)
     s.add_argument("--batch-size", type=int, default=1)
     s.add_argument("--repeats", type=int, default=5)
-    s.add_argument("--device", default=None)
+    s.add_argument("--device", default=None, type=device_name, help=DEVICE_HELP)
     s.add_argument("--json", action="store_true")
 
 
@@ -77,13 +79,25 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from labkit.lora.sweep import format_table, run_sweep, sweep_table
     from labkit.train import RunStore
 
+    from labkit.cli import check_model
+    from labkit.train.config import ALPHA_POLICIES
+
     ranks = parse_list(args.ranks, "ranks", int)
+    bad = [r for r in ranks if not 1 <= r <= 4096]
+    if bad:
+        raise LoRAError(f"--ranks: each must be an integer in [1, 4096]; got {bad[0]!r}")
+    if not ranks and not args.full:
+        raise LoRAError(f"--ranks: give at least one rank (or --full); got {args.ranks!r}")
     policies = parse_list(args.alpha_policies, "alpha-policies")
+    for policy in policies:
+        if policy not in ALPHA_POLICIES:
+            raise LoRAError(f"--alpha-policies: each must be one of {', '.join(ALPHA_POLICIES)}; got {policy!r}")
     target_sets = parse_list(args.targets, "targets")
     for t in target_sets:
         if t not in TARGET_SETS:
             raise LoRAError(f"--targets: each must be one of {', '.join(TARGET_SETS)}; got {t!r}")
     _check_task(args.task)
+    check_model(args.model)
     store: Any = False if args.no_store else (RunStore(args.runs) if args.runs else None)
     # Options left unset are absent here, so the points keep TrainConfig's defaults.
     from labkit.cli_options import values_from_args
@@ -108,7 +122,13 @@ def _run_sweep(args: argparse.Namespace) -> int:
         print(f"\nwall {result['wall_seconds']:.1f} s; trained {result['trained']} points in "
               f"{result['trained_seconds']:.1f} s; reused {result['reused']}; base load "
               f"{result['base_load_seconds']:.1f} s" + (f"; overhead ×{ratio:.3f}" if ratio else ""))
-    return 130 if result["interrupted"] else 0
+    # A point that crashed (not one that diverged or ran out of memory: those are results) fails the command.
+    failed = [p for p in result["points"] if p.get("status") == "error"]
+    if failed:
+        first = " ".join(str(failed[0].get("error") or failed[0].get("status")).split())[:300]
+        print(f"labkit sweep: {len(failed)} of {len(result['points'])} points did not finish; "
+              f"{failed[0]['sweep']['label']}: {first}", file=sys.stderr)
+    return 130 if result["interrupted"] else (1 if failed else 0)
 
 
 def _check_task(task: str) -> None:
@@ -122,7 +142,15 @@ def _check_task(task: str) -> None:
 
 
 def _run_serving(args: argparse.Namespace) -> int:
+    from labkit.cli import check_model
     from labkit.lora.serving import measure_serving
+
+    for option, value, low in (("rank", args.rank, 1), ("adapters", args.adapters, 1), ("new-tokens", args.new_tokens, 2),
+                               ("prompt-len", args.prompt_len, 1), ("batch-size", args.batch_size, 1),
+                               ("repeats", args.repeats, 1)):
+        if value < low:
+            raise LoRAError(f"--{option}: must be an integer >= {low}; got {value}")
+    check_model(args.model)
 
     result = measure_serving(
         args.model, rank=args.rank, targets=args.targets, n_adapters=args.adapters, new_tokens=args.new_tokens,
