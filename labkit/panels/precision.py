@@ -496,7 +496,6 @@ class TrainingComparisonPanel(Panel):
             config=config, result=result, compare_fn=compare_fn, base=base, store=store,
             precisions=DEFAULT_PRECISIONS, steps=steps,
             multiplier=loss_multiplier if loss_multiplier is not None else UNDERFLOW_MULTIPLIER)
-        self.config, self.base, self.store = config, base, store
         self.boxes = {p: widgets.Checkbox(value=p in DEFAULT_PRECISIONS, description=p, indent=False,
                                           layout={"width": "150px"}) for p in self.PRECISIONS}
         lo, hi = TrainingComparisonModel.MULTIPLIER_LOG10
@@ -527,6 +526,11 @@ class TrainingComparisonPanel(Panel):
     def result(self) -> dict[str, Any] | None:
         """The last comparison (the model's)."""
         return self.model.result
+
+    # the run's inputs live in the model; the panel keeps their old names
+    config = property(lambda self: self.model.config, lambda self, v: setattr(self.model, "config", v))
+    base = property(lambda self: self.model.base, lambda self, v: setattr(self.model, "base", v))
+    store = property(lambda self: self.model.store, lambda self, v: setattr(self.model, "store", v))
 
     @property
     def selected(self) -> list[str]:
