@@ -345,3 +345,47 @@ def test_upper_bound_names_its_terms_and_is_never_below_the_point() -> None:
     assert "kept_logits" not in dropped.info["upper"]["terms"]
     with pytest.raises(ValueError, match="keeps_logits"):
         estimate("llama-3.1-8b", setup, keeps_logits="yes")  # type: ignore[arg-type]
+
+
+def test_calibration_fits_the_residual_and_extrapolates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine that adds 1 MiB + 300 B per token beyond the estimate: two short runs find exactly that."""
+    import importlib
+
+    from labkit.memory.breakdown import Breakdown
+    from labkit.memory.calibrate import calibrate, calibration_lengths
+
+    mod = importlib.import_module("labkit.memory.measure")
+
+    def fake_measure(model, setup, *, steps=3, device=None, check_fits=True):
+        e = estimate(model, setup)
+        extra = 2**20 + 300 * setup.batch * setup.seq
+        return Breakdown(bytes=dict(e.bytes), peak=e.peak, params=dict(e.params),
+                         info={"source": "measured", "max_memory_allocated": e.peak + extra})
+
+    monkeypatch.setattr(mod, "measure", fake_measure)
+    cfg = toy_config("llama")
+    setup = MemorySetup(batch=2, seq=256, device="cpu")
+    assert calibration_lengths(setup) == (32, 64)
+    cal = calibrate(cfg, setup)
+    assert [p["seq"] for p in cal.points] == [32, 64]
+    assert cal.slope == pytest.approx(300) and cal.offset == pytest.approx(2**20)
+    assert cal.calibrated_peak == estimate(cfg, setup).peak + 2**20 + 300 * 2 * 256
+    assert cal.to_json()["uncalibrated_peak"] == estimate(cfg, setup).peak
+    with pytest.raises(SetupError, match="--calibrate"):
+        calibrate(cfg, setup, seqs=(16, 16))
+
+
+def test_calibration_on_cpu_lands_on_the_measurement_at_four_times_the_length() -> None:
+    import importlib
+
+    from labkit.memory.calibrate import calibrate
+
+    measure = importlib.import_module("labkit.memory.measure").measure
+    cfg = toy_config("qwen2")
+    setup = MemorySetup(method="lora", batch=2, seq=128, device="cpu")
+    cal = calibrate(cfg, setup, steps=3, device="cpu")
+    m = measure(cfg, setup, steps=3, device="cpu", check_fits=False)
+    assert abs(cal.calibrated_peak - m.peak) <= 0.02 * m.peak
+    out = _cli("estimate", "--model", "llama-3.2-1b", "--seq", "64", "--device", "cpu", "--calibrate", "--mode",
+               "inference")
+    assert out.returncode == 2 and "--mode" in out.stderr

@@ -50,6 +50,8 @@ def add_estimate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("estimate", help="estimate training/inference memory (no weights needed)")
     _add_setup_options(p)
     p.add_argument("--activations", default="formula", help="formula|trace (exact, fake-tensor forward)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="run real steps at 1/8 and 1/4 of --seq on this machine, fit the residual, show both")
     p.set_defaults(func=run_estimate)
     return p
 
@@ -134,6 +136,21 @@ def run_estimate(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if gpu_mem is not None and not result.fits(gpu_mem):
         result.info["fixes"] = [f.to_dict() | {"text": f.text()} for f in fixes(args.model, setup, gpu_mem)[:5]]
+    if getattr(args, "calibrate", False):
+        from labkit.memory.calibrate import calibrate
+
+        try:
+            cal = calibrate(args.model, setup, device=setup.device)
+        except (SetupError, ArchError, ValueError) as exc:
+            return _fail(str(exc))
+        result.info["calibration"] = cal.to_json()
+        if not args.json:
+            _print(result, args, gpu_mem)
+            print(f"  calibrated   {fmt_bytes(cal.calibrated_peak):>12s}  vs uncalibrated "
+                  f"{fmt_bytes(cal.uncalibrated.peak)} (peak; {cal.source})")
+            for pt in cal.points:
+                print(f"    s={pt['seq']}: measured {fmt_bytes(pt['measured'])}, estimated {fmt_bytes(pt['estimated'])}")
+            return 0
     _print(result, args, gpu_mem)
     return 0
 
@@ -156,11 +173,11 @@ def run_measure(args: argparse.Namespace) -> int:
                   f"(estimate said {found['estimate']}; tried {[t['batch'] for t in found['tried']]})")
             return 0
         result = measure(args.model, setup, steps=steps, device=setup.device)
-    except (SetupError, ArchError, ValueError) as exc:
-        return _fail(str(exc))
-    except MeasureRefused as exc:
+    except MeasureRefused as exc:  # first: a LabkitError, so a ValueError too, but a runtime refusal (exit 1)
         print(f"labkit: {exc}", file=sys.stderr)
         return 1
+    except (SetupError, ArchError, ValueError) as exc:
+        return _fail(str(exc))
     _print(result, args, gpu_mem)
     return 0
 

@@ -86,7 +86,7 @@ def backward_layer_terms(arch: ArchInfo, setup: MemorySetup) -> dict[str, int]:
     Full fine-tuning's parameter gradients accumulate as the walk goes: the head's (with a tied
     embedding) exist from the first block on, every block's but the current one by the last.
     Residuals on CPU (tracker vs estimate, 2 blocks, b·s = 128, vocab 256): −5.4 % (Phi-3 / Gemma-2
-    LoRA in bf16: peft's fp32 adapter gradients) … +3.2 % (full FT) — within the upper bound's slack.
+    LoRA in bf16: peft's fp32 adapter gradients) … +9.8 % (Phi-3 full FT) — within the upper bound's slack.
     """
     tok, h, i = setup.batch * setup.seq, arch.hidden, arch.intermediate
     half = setup.precision in ("fp16", "bf16")
