@@ -164,3 +164,17 @@ def test_every_subcommand_is_in_the_table():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     tried = {argv[0] for argv, *_ in CASES}
     assert set(sub.choices) - {"doctor"} == tried, set(sub.choices) ^ tried  # doctor takes no input
+
+
+def test_a_measure_refused_on_this_machine_exits_1(monkeypatch, capsys):
+    # MeasureRefused is a LabkitError (so a ValueError) and a RuntimeError: a runtime refusal, exit 1
+    import importlib
+
+    measure_module = importlib.import_module("labkit.memory.measure")  # labkit.memory.measure is also a function
+
+    def refuse(*_args, **_kwargs):
+        raise measure_module.MeasureRefused("--batch: this setup needs about 9 GiB; 2 GiB are free here")
+
+    monkeypatch.setattr(measure_module, "measure", refuse)
+    code, err = _run(["measure", "--model", "tiny"], capsys)
+    assert code == 1 and len(err) == 1 and "--batch" in err[0], (code, err)
