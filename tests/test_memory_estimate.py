@@ -389,3 +389,16 @@ def test_calibration_on_cpu_lands_on_the_measurement_at_four_times_the_length() 
     out = _cli("estimate", "--model", "llama-3.2-1b", "--seq", "64", "--device", "cpu", "--calibrate", "--mode",
                "inference")
     assert out.returncode == 2 and "--mode" in out.stderr
+
+
+def test_cli_loop_option_moves_the_upper_bound() -> None:
+    args = ("estimate", "--model", "llama-3.2-1b", "--batch", "2", "--seq", "1024", "--device", "cuda", "--json",
+            "--gpu-mem", "24GB")
+    unknown = json.loads(_cli(*args).stdout)
+    dropped = json.loads(_cli(*args, "--loop", "drops-output").stdout)
+    kept = json.loads(_cli(*args, "--loop", "keeps-output").stdout)
+    assert dropped["upper"]["total"] < unknown["upper"]["total"]
+    assert kept["peak"] > unknown["peak"] == dropped["peak"]  # the point estimate assumes a Trainer-style loop
+    assert kept["assumes"]["keeps_logits"] is True and unknown["assumes"]["keeps_logits"] is None
+    bad = _cli("estimate", "--model", "tiny", "--loop", "sometimes")
+    assert bad.returncode == 2 and "--loop" in bad.stderr

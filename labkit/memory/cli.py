@@ -50,6 +50,9 @@ def add_estimate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("estimate", help="estimate training/inference memory (no weights needed)")
     _add_setup_options(p)
     p.add_argument("--activations", default="formula", help="formula|trace (exact, fake-tensor forward)")
+    p.add_argument("--loop", default="unknown",
+                   help="unknown|drops-output|keeps-output: does the training loop hold the model output through "
+                        "backward (out = model(...); out.loss.backward())? Trainer and labkit drop it")
     p.add_argument("--calibrate", action="store_true",
                    help="run real steps at 1/8 and 1/4 of --seq on this machine, fit the residual, show both")
     p.set_defaults(func=run_estimate)
@@ -99,7 +102,9 @@ def _print(result: Any, args: argparse.Namespace, gpu_mem: int | None) -> None:
     print(f"{data.get('source', '')} memory per device — model {args.model}")
     for key in COMPONENTS:
         print(f"  {key:12s} {fmt_bytes(data['bytes'][key]):>12s}")
-    print(f"  {'peak':12s} {fmt_bytes(data['peak']):>12s}  (at {data.get('peak_moment', 'max over the step')})")
+    print(f"  {'peak':12s} {fmt_bytes(data['peak']):>12s}  (allocated, at {data.get('peak_moment', 'max over the step')})")
+    if "reserved" in data and data.get("source") == "estimate" and data["reserved"] != data["peak"]:
+        print(f"  {'reserved':12s} {fmt_bytes(data['reserved']):>12s}  (allocated + allocator slack; + CUDA context = total)")
     print(f"  params: {data['params']['total']:,} total, {data['params']['trainable']:,} trainable")
     if "max_memory_allocated" in data:
         print(f"  torch.cuda.max_memory_allocated {fmt_bytes(data['max_memory_allocated'])}, "
@@ -131,7 +136,11 @@ def run_estimate(args: argparse.Namespace) -> int:
         method = getattr(args, "activations", "formula")
         if method not in ("formula", "trace"):
             raise SetupError("activations", "formula|trace", method)
-        result = estimate(args.model, setup, activations=method)
+        loops = {"unknown": None, "drops-output": False, "keeps-output": True}
+        loop = getattr(args, "loop", "unknown")
+        if loop not in loops:
+            raise SetupError("loop", "|".join(loops), loop)
+        result = estimate(args.model, setup, activations=method, keeps_logits=loops[loop])
     except (SetupError, ArchError, ValueError) as exc:
         return _fail(str(exc))
     if gpu_mem is not None and not result.fits(gpu_mem):
