@@ -106,8 +106,15 @@ def test_schedule_norms_and_bad_schedule(built):
     assert "per-layer t" in panel.errors[0] and "[0, 1]" in panel.errors[0]
     assert panel.model.schedule == [0.0, 1.0]  # the model keeps the last schedule that parsed
     assert panel.evaluate_schedule() is None
+    frozen = panel.fig.data[TRACES["acc_marker"]].x
     panel.schedule.value = "x"
     assert "schedule" in panel.input_errors["schedule"]
+    panel.t.value = 0.25  # while the box holds bad text the figure stays as it was (as before the model split)
+    assert panel.fig.data[TRACES["acc_marker"]].x == frozen
+    panel.method.value = "ties"  # the box is disabled for λ methods: its error does not show
+    assert panel.errors == []
+    panel.method.value = "linear"
+    assert "schedule" in panel.errors[0]
     panel.schedule.value = ""
     assert panel.errors == [] and panel.model.schedule is None
     assert list(panel.fig.data[TRACES["schedule"]].y) == [panel.model.t] * 4  # one t for every layer

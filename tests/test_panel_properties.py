@@ -484,7 +484,8 @@ def check_merge(p: Any) -> None:
         assert parse_layer_schedule(p.schedule.value) == m.schedule
     for msg in p.errors:
         assert_message(msg, {"per-layer t", "schedule", "method", "t", "lambda", "density", "path"})
-    if p._model_error:
+    if p._model_error or ("schedule" in p.input_errors and m.method in T_METHODS):
+        assert p.errors  # a message instead of a redrawn figure (the figure stays as it was)
         return
     curve = m.curve()
     d = p.fig.data

@@ -75,8 +75,12 @@ class Panel:
         self._model_error = ""
         self._render()
 
+    def _active_input_errors(self) -> list[str]:
+        """The text-box errors that apply to the current state (subclasses may leave some out)."""
+        return list(self._input_errors.values())
+
     def _render(self) -> None:
-        messages = [*self._input_errors.values()] + ([self._model_error] if self._model_error else [])
+        messages = self._active_input_errors() + ([self._model_error] if self._model_error else [])
         self.message.value = "".join(
             f'<div style="color:#b00020;font-weight:600">{html.escape(m)}</div>' for m in messages)
 
@@ -88,7 +92,7 @@ class Panel:
     @property
     def errors(self) -> list[str]:
         """The messages shown, as plain text: text-box errors first, then the model's."""
-        return [*self._input_errors.values()] + ([self._model_error] if self._model_error else [])
+        return self._active_input_errors() + ([self._model_error] if self._model_error else [])
 
     @property
     def input_errors(self) -> dict[str, str]:

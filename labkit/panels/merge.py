@@ -246,12 +246,13 @@ class MergePanel(Panel):
         self.summary = widgets.HTML(value="")
         self.yaml = widgets.Textarea(value="", description="", layout=widgets.Layout(width="100%", height="190px"))
         self.fig = self._build_figure()
+        self._density_syncing = False
         self._sync_controls()
         for w, name in ((self.method, "method"), (self.t, "t"), (self.lam, "lam"), (self.vectors, "vectors"),
                         (self.layer, "layer")):
             link(w, m, name)
         self.density.observe(self._density_to_model, names="value")
-        self.bind_text(self.schedule, "schedule", parse_layer_schedule, lambda v: setattr(m, "schedule", v))
+        self.bind_text(self.schedule, "schedule", parse_layer_schedule, self._set_schedule)
         m.observe(self._on_change, names=traitlets.All)
         self.evaluate_button.on_click(lambda _: self.evaluate_schedule())
         self.redraw()
@@ -314,12 +315,22 @@ class MergePanel(Panel):
         options = m.densities()
         self.density.disabled = not options
         if options and list(self.density.options) != options:
-            self.density.options = options
+            self._density_syncing = True  # new options reset the dropdown to the first: keep the model's
+            try:
+                self.density.options = options
+            finally:
+                self._density_syncing = False
         if options and self.density.value != m.curve().density:
             self.density.value = m.curve().density
 
+    def _set_schedule(self, schedule: float | list[float] | None) -> None:
+        changed = schedule != self.model.schedule
+        self.model.schedule = schedule  # redraws through the model when it changed
+        if not changed:
+            self.redraw()  # the text was fixed back to the same schedule: draw what was frozen meanwhile
+
     def _density_to_model(self, change: dict[str, Any]) -> None:
-        if change["new"] is not None and not self.density.disabled:
+        if change["new"] is not None and not self.density.disabled and not self._density_syncing:
             self.model.density = float(change["new"])
 
     def _on_change(self, change: dict[str, Any]) -> None:
@@ -335,9 +346,23 @@ class MergePanel(Panel):
         """(parameter name, value) the curve is read at."""
         return self.model.current()
 
+    def _active_input_errors(self) -> list[str]:
+        # the schedule box only counts for linear/SLERP (it is disabled for the λ methods)
+        return [msg for field, msg in self._input_errors.items() if field != "schedule" or self._schedule_used()]
+
+    def _schedule_used(self) -> bool:
+        return self.model.method in T_METHODS
+
     def redraw(self) -> None:
-        """Redraw every plot from the stored path (no evaluation)."""
+        """Redraw every plot from the stored path (no evaluation).
+
+        While the schedule box holds text that does not parse (linear/SLERP), the figure stays as
+        it was and only the message changes.
+        """
         m = self.model
+        if "schedule" in self._input_errors and self._schedule_used():
+            self.clear_error()
+            return
         try:
             data = m.figure_data()
         except MergeError as exc:
@@ -381,7 +406,7 @@ class MergePanel(Panel):
 
     def evaluate_schedule(self) -> dict[str, float] | None:
         """Evaluate the per-layer schedule with the path's live evaluator (the only evaluating action)."""
-        if "schedule" in self.input_errors:  # the text box holds a schedule that did not parse
+        if "schedule" in self.input_errors and self._schedule_used():  # the box holds text that did not parse
             self._render()
             return None
         try:
