@@ -146,6 +146,11 @@ def test_training_panel_needs_a_precision():
     assert p.selected == ["fp32", "bf16"]
 
 
+def test_training_panel_model_follows_the_sliders_bounds():
+    p = TrainingComparisonPanel(compare_fn=lambda *a, **k: None, steps=600, loss_multiplier=1e-12)
+    assert (p.model.steps, p.model.multiplier) == (p.steps.value, p.multiplier.value) == (500, 1e-10)
+
+
 def test_strings_have_korean():
     for key, langs in all_strings().items():
         if key.startswith("prec."):

@@ -33,7 +33,7 @@ class PanelError(LabkitError):
 
 
 def link(widget: widgets.Widget, model: traitlets.HasTraits, name: str) -> None:
-    """Keep ``widget.value`` and ``model.<name>`` equal (the model's value wins at start).
+    """Keep ``widget.value`` and ``model.<name>`` equal (the model's value wins at start, within the widget's bounds).
 
     Unlike ``traitlets.link`` this survives a model that coerces what it is given (nf4 forces
     bits to 4; a slider clamps): each side always copies the other's *current* value.
@@ -49,6 +49,8 @@ def link(widget: widgets.Widget, model: traitlets.HasTraits, name: str) -> None:
             widget.value = value
 
     to_widget(None)
+    if widget.value != getattr(model, name):  # the widget clamped it (a slider's bounds): the model follows
+        setattr(model, name, widget.value)
     widget.observe(to_model, names="value")
     model.observe(to_widget, names=name)
 
