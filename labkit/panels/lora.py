@@ -112,6 +112,7 @@ def parse_ranks(text: str) -> list[int]:
 
 
 def format_ranks(ranks: list[int]) -> str:
+    """The text the ranks box shows for a list of ranks (``[1, 4]`` → ``"1,4"``)."""
     return ",".join(str(r) for r in ranks)
 
 
@@ -172,6 +173,7 @@ class LoRAPanelModel(traitlets.HasTraits):
 
     # ------------------------------------------------------------------ actions
     def n_points(self) -> int:
+        """How many runs the sweep makes: each rank (twice with QLoRA), plus the full baseline."""
         return len(self.ranks) * (2 if self.qlora else 1) + (1 if self.full else 0)
 
     def run_sweep(self, *, callbacks: tuple = (), on_point: Callable | None = None) -> dict[str, Any]:
@@ -363,6 +365,7 @@ class LoRAPanel(Panel):
 
     @property
     def result(self) -> dict[str, Any] | None:
+        """The sweep now drawn (the model's); setting it redraws."""
         return self.model.result
 
     @result.setter
@@ -373,6 +376,7 @@ class LoRAPanel(Panel):
 
     @property
     def serving(self) -> dict[str, Any] | None:
+        """The serving measurement now drawn (the model's)."""
         return self.model.serving
 
     @property

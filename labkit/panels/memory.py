@@ -125,6 +125,7 @@ class MemoryPanelModel(traitlets.HasTraits):
 
     @property
     def gpu_bytes(self) -> int:
+        """The chosen GPU's memory in bytes."""
         return int(self.gpu_gb * GiB)
 
     def setup(self, **changes: Any) -> MemorySetup:

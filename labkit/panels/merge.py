@@ -21,7 +21,7 @@ from labkit.i18n import register, t
 from labkit.merge.export import mergekit_yaml
 from labkit.merge.geometry import group_gram, merged_layer_norms, plane_picture, task_gram
 from labkit.merge.methods import MergeError, layer_schedule, parse_schedule
-from labkit.merge.path import DENSITY_METHODS, LAMBDA_METHODS, T_METHODS, MergePath
+from labkit.merge.path import DENSITY_METHODS, LAMBDA_METHODS, T_METHODS, Curve, MergePath
 from labkit.panels.base import Panel, link
 
 register({
@@ -153,7 +153,8 @@ class MergePanelModel(traitlets.HasTraits):
             return "t", float(self.t)
         return "lambda", float(self.lam)
 
-    def curve(self) -> Any:
+    def curve(self) -> Curve:
+        """The stored curve of the current method (TIES/DARE: at the nearest stored density)."""
         return self.path.curve(self.method, self.density if self.method in DENSITY_METHODS else None)
 
     def figure_data(self) -> dict[str, Any]:

@@ -322,6 +322,7 @@ class RangeModel(traitlets.HasTraits):
         return [k for k in KINDS if k in self.tensors] + [k for k in self.tensors if k not in KINDS]
 
     def band(self) -> dict[str, float]:
+        """log2 of the format's smallest subnormal, smallest normal and largest value."""
         return format_band(self.fmt)
 
     def compute(self) -> dict[str, Any]:
@@ -534,6 +535,7 @@ class TrainingComparisonPanel(Panel):
 
     @property
     def selected(self) -> list[str]:
+        """The precisions whose boxes are ticked, in the boxes' order."""
         return [p for p, box in self.boxes.items() if box.value]
 
     def _model_from_boxes(self, _change: Any) -> None:
