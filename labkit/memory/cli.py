@@ -110,6 +110,11 @@ def _print(result: Any, args: argparse.Namespace, gpu_mem: int | None) -> None:
         print(f"  torch.cuda.max_memory_allocated {fmt_bytes(data['max_memory_allocated'])}, "
               f"reserved {fmt_bytes(data['max_memory_reserved'])}")
     upper = data.get("upper")
+    assumes = data.get("assumes")
+    if isinstance(assumes, dict):
+        loop = {None: "unknown (point: dropped; upper: kept in fp32)", True: "keeps its output",
+                False: "drops its output"}[assumes.get("keeps_logits")]
+        print(f"  assumes: {assumes['loss_path'].split(':')[0]}; training loop {loop}")
     if isinstance(upper, dict):
         terms = ", ".join(f"{k} +{fmt_bytes(v)}" for k, v in upper["terms"].items() if v > 0) or "none"
         print(f"  upper bound  {fmt_bytes(upper['total']):>12s}  (point {fmt_bytes(data['peak'] + data['bytes']['overhead'])}"
