@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from labkit.errors import LabkitError
 
 __all__ = [
     "LoRAError",
@@ -23,20 +22,7 @@ __all__ = [
     "targets_for",
 ]
 
-ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP = ("gate_proj", "up_proj", "down_proj")
-# "all-linear" is peft's own shortcut (every linear but the output head). For a Llama block it
-# names the same seven projections as "attention+mlp"; it differs on architectures with extra
-# linears, which is why both are offered.
-TARGET_SETS: dict[str, tuple[str, ...] | str] = {
-    "attention": ATTENTION,
-    "attention+mlp": ATTENTION + MLP,
-    "all-linear": "all-linear",
-}
-
-
-class LoRAError(LabkitError):
-    """Bad LoRA input; the message names the field and what is allowed."""
+from labkit.lora.spec import ATTENTION, MLP, TARGET_SETS, LoRAError  # one list of target sets
 
 
 def _get(config: Any, name: str, default: Any = None) -> Any:

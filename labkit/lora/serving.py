@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from labkit.lora.params import TARGET_SETS, LoRAError
+from labkit.lora.spec import TARGET_SETS, LoRAError, LoRASpec
 
 __all__ = ["measure_serving", "per_token_latency", "dir_bytes"]
 
@@ -77,13 +77,11 @@ def per_token_latency(
     return {k: statistics.median(v) for k, v in rounds.items()}
 
 
-def _peft_targets(targets: str | tuple[str, ...]) -> list[str] | str:
-    if isinstance(targets, str):
-        if targets not in TARGET_SETS:
-            raise LoRAError(f"targets: must be one of {', '.join(TARGET_SETS)}; got {targets!r}")
-        value = TARGET_SETS[targets]
-        return value if isinstance(value, str) else list(value)
-    return list(targets)
+def _spec(rank: int, targets: str | tuple[str, ...]) -> LoRASpec:
+    """The adapters served here: α = 2r on ``targets`` (a named set or module names)."""
+    if isinstance(targets, str) and targets not in TARGET_SETS:
+        raise LoRAError(f"targets: must be one of {', '.join(TARGET_SETS)}; got {targets!r}")
+    return LoRASpec(rank=rank, alpha_policy="2r", targets=targets)
 
 
 def _random_adapter(peft_model: nn.Module, name: str, seed: int) -> None:
@@ -114,7 +112,7 @@ def measure_serving(
     ``model`` is a loaded causal LM (left untouched: work happens on copies) or a name for
     ``labkit.models.load_model``. Adapters get random non-zero B so merging really changes W.
     """
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from labkit.device import resolve_device
@@ -134,7 +132,8 @@ def measure_serving(
     vocab = base.config.vocab_size
     g = torch.Generator().manual_seed(0)
     input_ids = torch.randint(3, vocab, (batch_size, prompt_len), generator=g).to(dev)
-    lcfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=_peft_targets(targets), lora_dropout=0.0)
+    spec = _spec(rank, targets)
+    lcfg = spec.peft_config(getattr(base.config, "model_type", None))
 
     with tempfile.TemporaryDirectory(prefix="labkit-serving-") as tmp:
         tmp_path = Path(tmp)
@@ -213,7 +212,7 @@ def measure_serving(
         "model": name,
         "device": str(dev),
         "rank": rank,
-        "targets": _peft_targets(targets),
+        "targets": spec.targets if isinstance(spec.targets, str) else list(spec.targets),
         "n_adapters": n,
         "new_tokens": new_tokens,
         "prompt_len": prompt_len,

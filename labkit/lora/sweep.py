@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from labkit.lora.params import TARGET_SETS, LoRAError
+from labkit.lora.spec import TARGET_SETS, LoRAError
 
 __all__ = [
     "run_sweep",

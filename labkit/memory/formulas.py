@@ -24,17 +24,14 @@ import math
 from dataclasses import dataclass, field
 
 from labkit.memory.arch import ArchInfo
-from labkit.memory.setup import DEFAULT_TARGETS, MemorySetup
+from labkit.memory.setup import MemorySetup
 
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "int64": 8, "bool": 1}
-DEFAULT_ATTENTION_TARGETS = {"gpt2": ("c_attn",), "phi3": ("qkv_proj", "o_proj")}
 
 
 def targets_for(arch: ArchInfo, setup: MemorySetup) -> tuple[str, ...] | str:
     """peft target_modules; labkit's default (q/k/v/o) maps to the architecture's own attention names."""
-    if setup.targets == DEFAULT_TARGETS and arch.model_type in DEFAULT_ATTENTION_TARGETS:
-        return DEFAULT_ATTENTION_TARGETS[arch.model_type]
-    return setup.targets
+    return setup.lora.targets_for(arch.model_type)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,26 +10,21 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from labkit.errors import LabkitError
 
-METHODS = ("full", "lora", "qlora")
+from labkit.lora.spec import ALPHA_POLICIES, ATTENTION, LoRASpec
+from labkit.train.config import COMPUTE_DTYPES, METHODS, OPTIMIZERS, QUANT_TYPES, ConfigError, TrainConfig
+
+# The precisions that differ in memory (amp-fp16-scaled holds one more scalar than amp-fp16).
 PRECISIONS = ("fp32", "fp16", "bf16", "amp-fp16", "amp-bf16")
 PRECISION_ALIASES = {"amp-fp16-scaled": "amp-fp16"}  # same memory: the scaler holds one scalar
-OPTIMIZERS = ("adamw", "sgd", "adamw8bit", "paged-adamw8bit")
 ATTN = ("sdpa", "eager")
 MODES = ("train", "inference")
-QUANT_TYPES = ("nf4", "fp4")
-COMPUTE_DTYPES = ("fp32", "bf16", "fp16")
 DEVICES = ("cuda", "cpu")
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+DEFAULT_TARGETS = ATTENTION
 
 
-class SetupError(LabkitError):
+class SetupError(ConfigError):
     """A bad setup value; ``option`` is the command-line name of the culprit."""
-
-    def __init__(self, option: str, allowed: str, got: Any) -> None:
-        self.option = option
-        super().__init__(f"--{option.replace('_', '-')}: must be {allowed}; got {got!r}")
 
 
 @dataclass(frozen=True)
@@ -40,6 +35,8 @@ class MemorySetup:
     rank: int = 8
     targets: tuple[str, ...] | str = DEFAULT_TARGETS
     lora_dropout: float = 0.0
+    alpha: float | None = None  # LoRA α (None: from alpha_policy); changes values, not bytes
+    alpha_policy: str = "2r"
     quant_type: str = "nf4"
     double_quant: bool = True
     compute_dtype: str = "fp32"  # QLoRA: bnb_4bit_compute_dtype
@@ -76,6 +73,7 @@ class MemorySetup:
         _choice("quant_type", self.quant_type, QUANT_TYPES)
         _choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
         _choice("device", self.device, DEVICES)
+        _choice("alpha_policy", self.alpha_policy, ALPHA_POLICIES)
         _int("rank", self.rank, 1, 65_536)
         _int("batch", self.batch, 1, 1_000_000)
         _int("seq", self.seq, 1, 10_000_000)
@@ -120,6 +118,34 @@ class MemorySetup:
     @property
     def tokens(self) -> int:
         return self.batch * self.seq
+
+    @property
+    def lora(self) -> LoRASpec:
+        """The adapter this setup trains (the same spec the engine applies)."""
+        return LoRASpec(rank=self.rank, alpha=self.alpha, alpha_policy=self.alpha_policy,
+                        dropout=self.lora_dropout, targets=self.targets)
+
+    # --- the view of a TrainConfig ------------------------------------------------------
+    @classmethod
+    def from_train_config(cls, config: TrainConfig, **estimation: Any) -> "MemorySetup":
+        """The memory setup of a training run, plus the fields only estimation needs (gpus, zero, attn...)."""
+        return cls(method=config.method, rank=config.rank, targets=config.targets, lora_dropout=config.dropout,
+                   alpha=config.alpha, alpha_policy=config.alpha_policy, quant_type=config.quant_type,
+                   double_quant=config.double_quant, compute_dtype=config.compute_dtype,
+                   precision=config.precision, optimizer=config.optimizer, momentum=config.momentum,
+                   batch=config.batch_size, seq=config.seq_len, grad_accum=config.grad_accum,
+                   checkpointing=config.grad_checkpointing, **estimation)
+
+    def train_config(self, model: str, *, steps: int = 3, seed: int = 0) -> TrainConfig:
+        """The training run this setup describes, as the engine runs it (no evaluation, constant lr)."""
+        targets = self.targets
+        return TrainConfig(model=model, method=self.method, rank=self.rank, alpha=self.alpha,
+                           alpha_policy=self.alpha_policy, dropout=self.lora_dropout, targets=targets,
+                           quant_type=self.quant_type, double_quant=self.double_quant,
+                           compute_dtype=self.compute_dtype, precision=self.precision, optimizer=self.optimizer,
+                           momentum=self.momentum, schedule="constant", warmup_steps=0, steps=steps,
+                           batch_size=self.batch, grad_accum=self.grad_accum, seq_len=self.seq,
+                           grad_checkpointing=self.checkpointing, max_grad_norm=None, seed=seed, eval_examples=0)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -19,8 +19,7 @@ from torch import nn
 from labkit.memory.arch import ArchInfo, arch_info
 from labkit.memory.recorder import SavedTensorRecorder
 from labkit.memory.setup import MemorySetup
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from labkit.train.precision import DTYPES
 
 
 class _No4bitSaves(torch.autograd.Function):
@@ -165,16 +164,9 @@ def trace_activations(model: Any, setup: MemorySetup) -> dict[str, Any]:
         if setup.checkpointing:
             net.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt)
         if setup.method in ("lora", "qlora"):
-            from peft import LoraConfig, get_peft_model
+            from peft import get_peft_model
 
-            from labkit.memory.formulas import targets_for
-
-            targets = targets_for(arch, setup)
-            cfg = LoraConfig(r=setup.rank, lora_alpha=2 * setup.rank,
-                             target_modules=targets if targets == "all-linear" else list(targets),
-                             lora_dropout=setup.lora_dropout, task_type="CAUSAL_LM",
-                             fan_in_fan_out=arch.model_type == "gpt2" and setup.method != "qlora")
-            net = get_peft_model(net, cfg)
+            net = get_peft_model(net, setup.lora.peft_config(arch.model_type, quantized=setup.method == "qlora"))
             if setup.checkpointing:
                 net.enable_input_require_grads()
         net.train()

@@ -12,18 +12,21 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from labkit.cli_options import comma_list, number_or_none, option, values_from_args
 from labkit.data.records import file_digest
 from labkit.errors import LabkitError
+from labkit.lora.spec import ALPHA_POLICIES
 from labkit.tasks.evaluate import MAX_NEW_TOKENS
+
+if TYPE_CHECKING:
+    from labkit.lora.spec import LoRASpec
 
 METHODS = ("full", "lora", "qlora")
 PRECISIONS = ("fp32", "amp-fp16", "amp-fp16-scaled", "amp-bf16", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd", "adamw8bit", "paged-adamw8bit")
 SCHEDULES = ("constant", "linear", "cosine")
-ALPHA_POLICIES = ("fixed", "2r", "rslora")
 QUANT_TYPES = ("nf4", "fp4")
 COMPUTE_DTYPES = ("fp32", "bf16", "fp16")
 SPLITS = ("entity", "template")
@@ -171,11 +174,17 @@ class TrainConfig:
 
     # --- derived values -------------------------------------------------
     @property
+    def lora(self) -> "LoRASpec":
+        """The adapter this run trains (``method`` lora/qlora): rank, α policy, targets, dropout."""
+        from labkit.lora.spec import LoRASpec
+
+        return LoRASpec(rank=self.rank, alpha=self.alpha, alpha_policy=self.alpha_policy,
+                        dropout=self.dropout, targets=self.targets)
+
+    @property
     def lora_alpha(self) -> float:
         """α as peft receives it (peft divides by r, or by √r with rsLoRA)."""
-        if self.alpha is not None:
-            return float(self.alpha)
-        return {"fixed": 16.0, "2r": 2.0 * self.rank, "rslora": 16.0}[self.alpha_policy]
+        return self.lora.lora_alpha
 
     @property
     def use_rslora(self) -> bool:
