@@ -1,8 +1,10 @@
 """Measure the same setup for real: build the model, run ≥ 3 optimizer steps, account bytes.
 
-Parameters, gradients and optimizer state are counted tensor by tensor (unique storages,
-bitsandbytes quantization constants included); activations by saved-tensor hooks (parameter
-storages excluded); on CUDA also ``torch.cuda.max_memory_allocated`` and reserved bytes.
+The steps are the engine's own (:func:`labkit.train.train` with memory hooks), so what is
+measured is what a labkit run does. Parameters, gradients and optimizer state are counted tensor
+by tensor (unique storages, bitsandbytes quantization constants included); activations by
+saved-tensor hooks (parameter storages excluded); on CUDA also ``torch.cuda.max_memory_allocated``
+and reserved bytes.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from labkit.memory.arch import arch_info, load_config
 from labkit.memory.breakdown import Breakdown, fmt_bytes, peak_of
 from labkit.memory.recorder import SavedTensorRecorder
 from labkit.memory.setup import MemorySetup
+from labkit.train.engine import TrainHooks
+from labkit.train.precision import DTYPES
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BUILTINS = ("tiny", "smollm2-135m")
 
 
@@ -91,86 +94,60 @@ def _is_builtin_or_folder(model: Any) -> bool:
                                                for f in os.listdir(os.path.expanduser(model))))
 
 
-def _bnb_config(setup: MemorySetup) -> Any:
-    from transformers import BitsAndBytesConfig
+def _run_name(model: Any) -> str:
+    """A name for the run record (the model may be a config object)."""
+    if isinstance(model, str):
+        return model
+    return getattr(model, "_name_or_path", "") or getattr(model, "model_type", "") or type(model).__name__
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=setup.quant_type,
-                              bnb_4bit_use_double_quant=setup.double_quant,
-                              bnb_4bit_compute_dtype=DTYPES[setup.compute_dtype])
+
+def _base_weights(model: Any, setup: MemorySetup, device: torch.device) -> nn.Module:
+    """The base before training is set up: real weights where labkit has them, else random ones."""
+    from transformers import AutoModelForCausalLM
+
+    from labkit.models import load_model
+    from labkit.models.registry import quantization_config
+    from labkit.train.engine import qlora_quantization
+
+    quant = qlora_quantization(setup.train_config(_run_name(model))) if setup.method == "qlora" else None
+    if _is_builtin_or_folder(model):
+        net = load_model(model, dtype=torch.float32 if quant else DTYPES[setup.param_dtype], device=device,
+                         quantization=quant)
+        net.set_attn_implementation(setup.attn) if hasattr(net, "set_attn_implementation") else None
+        return net
+    import copy
+
+    _name, arch_config = load_config(model)
+    arch_config = copy.deepcopy(arch_config)  # never write the attention choice into a shared config
+    attn = setup.attn if arch_info(model).sdpa_supported else "eager"
+    if quant is None:
+        return AutoModelForCausalLM.from_config(arch_config, dtype=DTYPES[setup.param_dtype],
+                                                attn_implementation=attn).to(device)
+    base = AutoModelForCausalLM.from_config(arch_config, dtype=torch.float32, attn_implementation=attn)
+    with tempfile.TemporaryDirectory() as tmp:  # bitsandbytes quantizes while loading
+        base.save_pretrained(tmp)
+        del base
+        return AutoModelForCausalLM.from_pretrained(tmp, quantization_config=quantization_config(quant),
+                                                    dtype=torch.float32, attn_implementation=attn,
+                                                    device_map={"": device})
 
 
 def build_model(model: Any, setup: MemorySetup, device: torch.device, seed: int = 0) -> nn.Module:
-    """The model as a user would set it up for ``setup`` (weights real if available, else random)."""
-    from transformers import AutoModelForCausalLM
+    """The model as a user would set it up for ``setup``: the engine's own preparation of the base.
+
+    Weights are real where available, else random. Checkpointing is the reentrant variant, whose
+    saved layer inputs the saved-tensor recorder can see.
+    """
+    from labkit.train.engine import prepare_for_training
 
     torch.manual_seed(seed)
-    dtype = DTYPES[setup.param_dtype]
-    attn = setup.attn
-    if _is_builtin_or_folder(model):
-        from labkit.models import load_model  # type: ignore[attr-defined]
-
-        quant = None
-        if setup.method == "qlora":
-            quant = {"load_in_4bit": True, "bnb_4bit_quant_type": setup.quant_type,
-                     "bnb_4bit_use_double_quant": setup.double_quant,
-                     "bnb_4bit_compute_dtype": DTYPES[setup.compute_dtype]}
-        net = load_model(model, dtype=torch.float32 if quant else dtype, device=device, quantization=quant)
-        net.set_attn_implementation(attn) if hasattr(net, "set_attn_implementation") else None
-    else:
-        import copy
-
-        _name, config = load_config(model)
-        config = copy.deepcopy(config)  # never write the attention choice into a shared config
-        if not arch_info(model).sdpa_supported:
-            attn = "eager"
-        if setup.method == "qlora":
-            base = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attn)
-            with tempfile.TemporaryDirectory() as tmp:
-                base.save_pretrained(tmp)
-                del base
-                net = AutoModelForCausalLM.from_pretrained(
-                    tmp, quantization_config=_bnb_config(setup), dtype=torch.float32,
-                    attn_implementation=attn, device_map={"": device})
-        else:
-            net = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn).to(device)
+    net = _base_weights(model, setup, device)
     if setup.mode == "inference":
         return net.eval()
-    ckpt_kwargs = {"use_reentrant": True}  # reentrant: checkpoint inputs are visible to saved-tensor hooks
-    if setup.method == "qlora":
-        from peft import prepare_model_for_kbit_training
-
-        net = prepare_model_for_kbit_training(net, use_gradient_checkpointing=setup.checkpointing,
-                                              gradient_checkpointing_kwargs=ckpt_kwargs)
-    elif setup.checkpointing:
-        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
-    if setup.method in ("lora", "qlora"):
-        from peft import LoraConfig, get_peft_model
-
-        from labkit.memory.formulas import targets_for
-
-        targets = targets_for(arch_info(model), setup)
-        targets = targets if targets == "all-linear" else list(targets)
-        conv1d = getattr(net.config, "model_type", "") == "gpt2"
-        cfg = LoraConfig(r=setup.rank, lora_alpha=2 * setup.rank, target_modules=targets,
-                         lora_dropout=setup.lora_dropout, task_type="CAUSAL_LM", fan_in_fan_out=conv1d)
-        net = get_peft_model(net, cfg)
-        if setup.checkpointing and setup.method == "lora":
-            net.enable_input_require_grads()
+    net = prepare_for_training(net, setup.train_config(_run_name(model), seed=seed), device,
+                               reentrant_checkpointing=True)
     net.train()
     return net
-
-
-def make_optimizer(params: list[nn.Parameter], setup: MemorySetup) -> torch.optim.Optimizer:
-    """The optimizer ``setup`` names, with torch's/bitsandbytes' defaults."""
-    if setup.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=1e-4)
-    if setup.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=1e-3, momentum=setup.momentum)
-    import bitsandbytes as bnb
-
-    if setup.optimizer == "adamw8bit":
-        return bnb.optim.AdamW8bit(params, lr=1e-4)
-    return bnb.optim.PagedAdamW8bit(params, lr=1e-4)
 
 
 def measure(model: Any, setup: MemorySetup, *, steps: int = 3, device: str | torch.device | None = None,
@@ -203,47 +180,61 @@ def _autocast(setup: MemorySetup, dev: torch.device) -> contextlib.AbstractConte
     return contextlib.nullcontext()
 
 
+def random_token_batches(vocab: int, batch: int, seq: int, seed: int, device: torch.device):
+    """Endless batches of random tokens, every position a target (all a step's memory depends on)."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        ids = torch.randint(0, vocab, (batch, seq), generator=gen).to(device)
+        yield {"input_ids": ids, "labels": ids}
+
+
+class MemoryHooks(TrainHooks):
+    """Looks into the engine's run: saved tensors of the last step's first forward, gradients, optimizer state."""
+
+    def __init__(self, net: nn.Module, steps: int) -> None:
+        self.net, self.steps = net, steps
+        self.recorder: SavedTensorRecorder | None = None
+        self.gradients = self.optimizer = 0
+
+    def forward_context(self, step: int, micro: int) -> contextlib.AbstractContextManager:
+        if step == self.steps and micro == 0:
+            self.recorder = SavedTensorRecorder(self.net, exclude=weight_tensors(self.net),
+                                                head=self.net.get_output_embeddings())
+            return self.recorder
+        return contextlib.nullcontext()
+
+    def after_step(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if step == self.steps:
+            self.gradients = unique_bytes(p.grad for p in model.parameters() if p.requires_grad and p.grad is not None)
+        self.optimizer = unique_bytes(_optimizer_tensors(optimizer))
+
+
 def _measure_train(net: nn.Module, info: Any, setup: MemorySetup, dev: torch.device, steps: int,
                    seed: int) -> Breakdown:
-    trainable = [p for p in net.parameters() if p.requires_grad]
-    opt = make_optimizer(trainable, setup)
-    gen = torch.Generator().manual_seed(seed)
-    vocab = info.vocab
+    """``steps`` steps of the engine's own loop on random tokens, with memory hooks."""
+    from labkit.train.engine import train
+
     cuda = dev.type == "cuda"
     if cuda:
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
     weights = unique_bytes(weight_tensors(net))
-    grads = optim = acts = logits = 0
-    saved_items = []
-    for step in range(steps):
-        for micro in range(setup.grad_accum):
-            ids = torch.randint(0, vocab, (setup.batch, setup.seq), generator=gen).to(dev)
-            record = step == steps - 1 and micro == 0
-            rec = SavedTensorRecorder(net, exclude=weight_tensors(net), head=net.get_output_embeddings()) if record else None
-            with rec if rec is not None else contextlib.nullcontext(), _autocast(setup, dev):
-                out = net(input_ids=ids, labels=ids, use_cache=False)
-            if rec is not None:
-                acts, logits = rec.split()
-                saved_items = rec.items
-            loss = out.loss / setup.grad_accum
-            del out
-            loss.backward()
-            del loss
-        if step == steps - 1:
-            grads = unique_bytes(p.grad for p in trainable if p.grad is not None)
-        opt.step()
-        optim = unique_bytes(_optimizer_tensors(opt))
-        opt.zero_grad(set_to_none=True)
-    total = _logical_params(net)
-    n_train = sum(p.numel() for p in trainable)
+    hooks = MemoryHooks(net, steps)
+    config = setup.train_config(_run_name(info.name), steps=steps, seed=seed)
+    train(config, model=net, batches=random_token_batches(info.vocab, setup.batch, setup.seq, seed, dev),
+          hooks=hooks, progress=False, device=dev, raise_errors=True)
+    recorder = hooks.recorder
+    acts, logits = recorder.split() if recorder is not None else (0, 0)
+    saved_items = recorder.items if recorder is not None else []
+    trainable = [p for p in net.parameters() if p.requires_grad]
     from labkit.memory.estimate import moments_from, transients
 
-    comp = {"weights": weights, "gradients": grads, "optimizer": optim, "activations": acts,
+    comp = {"weights": weights, "gradients": hooks.gradients, "optimizer": hooks.optimizer, "activations": acts,
             "logits": logits, "kv_cache": 0, "overhead": 0}
     moments = moments_from(comp, setup, transients(info, setup))
     moment, peak = peak_of(moments)
-    result = Breakdown(bytes=comp, peak=peak, params={"total": total, "trainable": n_train},
+    result = Breakdown(bytes=comp, peak=peak,
+                       params={"total": _logical_params(net), "trainable": sum(p.numel() for p in trainable)},
                        moments=moments, info={"source": "measured", "device": str(dev), "steps": steps,
                                               "peak_moment": f"{moment} (measured components + modelled transients)"})
     result.info["saved_tensors"] = len(saved_items)

@@ -9,7 +9,9 @@ from labkit.train.config import (
     ConfigError,
     TrainConfig,
 )
-from labkit.train.engine import causal_lm_loss, count_params, evaluate, state_bytes, train
+from labkit.train.engine import TrainHooks, count_params, evaluate, state_bytes, train
+from labkit.train.records import RunRecord, StepRecord
+from labkit.train.step import causal_lm_loss, train_step
 from labkit.train.store import RunStore
 
 __all__ = [
@@ -19,11 +21,15 @@ __all__ = [
     "PRECISIONS",
     "SCHEDULES",
     "ConfigError",
+    "RunRecord",
     "RunStore",
+    "StepRecord",
     "TrainConfig",
+    "TrainHooks",
     "causal_lm_loss",
     "count_params",
     "evaluate",
     "state_bytes",
     "train",
+    "train_step",
 ]

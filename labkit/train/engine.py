@@ -1,9 +1,10 @@
-"""The training engine: one readable loop that every lab, panel and sweep uses for its real runs.
+"""The training engine: one readable loop that every lab, panel, sweep and measurement uses.
 
 Read :func:`train` next to the textbook description of fine-tuning: load a base, wrap it
-(LoRA / QLoRA) or not (full fine-tuning), then repeat *forward → loss → backward → update*,
-recording what happened at every step. Everything else here is bookkeeping around that loop:
-precision policies, gradient accumulation, failure handling, and the run store.
+(LoRA / QLoRA) or not (full fine-tuning), then repeat the step of :mod:`labkit.train.step`
+(*forward → loss → backward → update*), recording what happened at every step in a typed
+:class:`~labkit.train.records.RunRecord`. Everything else here is bookkeeping around that loop:
+precision policies, failure handling, and the run store.
 """
 
 from __future__ import annotations
@@ -16,189 +17,233 @@ import random
 import shutil
 import time
 import traceback
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from labkit.device import resolve_device
 from labkit.train import distributed
 from labkit.train.config import ConfigError, TrainConfig
-from labkit.train.data import batches, check_train_file, eval_examples, task_names, training_features
+from labkit.train.data import batches, check_train_file, eval_examples, training_features
 from labkit.train.optim import build_optimizer, build_schedule
 from labkit.train.precision import DTYPES, policy
+from labkit.train.records import RunRecord, StepRecord
+from labkit.train.step import StepResult, StepSettings, causal_lm_loss, count_tokens, loss_scale, train_step
 from labkit.train.store import RunStore
 
-StepCallback = Callable[[dict[str, Any]], None]
+__all__ = ["TrainHooks", "train", "build_model", "prepare_for_training", "evaluate", "causal_lm_loss",
+           "count_params", "state_bytes", "new_record", "qlora_quantization", "seed_everything"]
+
+StepCallback = Callable[[StepRecord], None]
 Prepare = Callable[[torch.nn.Module], torch.nn.Module]
+
+
+class TrainHooks:
+    """Places a caller can look into a run without a loop of its own (the memory measurement does)."""
+
+    def forward_context(self, step: int, micro: int) -> contextlib.AbstractContextManager:
+        """Entered around the forward pass and loss of micro-batch ``micro`` of ``step``."""
+        return contextlib.nullcontext()
+
+    def after_step(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Called after each optimizer step, gradients still in place."""
 
 
 def train(
     config: TrainConfig,
     *,
     base: tuple[torch.nn.Module, Any] | None = None,
+    model: torch.nn.Module | None = None,
+    batches: Iterator[dict[str, torch.Tensor]] | None = None,
+    hooks: TrainHooks | None = None,
     callbacks: Sequence[StepCallback] = (),
     store: RunStore | None = None,
     progress: bool = True,
     prepare: Prepare | None = None,
     return_model: bool = False,
     device: str | torch.device | None = None,
-) -> dict[str, Any] | tuple[dict[str, Any], torch.nn.Module | None]:
+    raise_errors: bool = False,
+) -> RunRecord | tuple[RunRecord, torch.nn.Module | None]:
     """Fine-tune ``config.model`` on ``config.task`` and return the run record.
 
     ``base``: an already loaded ``(model, tokenizer)``; it is copied, never changed, so a sweep
-    loads its base once. ``callbacks`` get every step's record (live plots). ``store``: reuse a
-    finished run with the same config instead of retraining, and save this one. ``prepare``:
-    applied to the model before the optimizer is built (e.g. fake quantization for QAT).
+    loads its base once. ``model``: a model already prepared for training (see
+    :func:`prepare_for_training`), trained in place. ``batches``: an iterator of batches to train
+    on instead of the task's data. ``hooks`` / ``callbacks`` see every step (memory recording,
+    live plots). ``store``: reuse a finished run with the same config instead of retraining, and
+    save this one. ``prepare``: applied to the model before the optimizer is built (e.g. fake
+    quantization for QAT). ``raise_errors``: re-raise a failure (OOM included) instead of
+    recording it in the returned record.
     """
     check_train_file(config)
     if store is not None:
-        record = store.get(config)
-        if record is not None:
-            record["reused"] = True
+        stored = store.get(config)
+        if stored is not None:
+            stored.reused = True
             if not return_model:
-                return record
-            model = _load_stored_model(config, store, base)
-            if model is not None:
-                return record, model
-    record, model = _run(config, base, callbacks, progress, prepare, resolve_device(device), store)
-    return (record, model) if return_model else record
+                return stored
+            trained = _load_stored_model(config, store, base)
+            if trained is not None:
+                return stored, trained
+    run = _Run(config, base=base, model=model, batches=batches, hooks=hooks or TrainHooks(), callbacks=callbacks,
+               progress=progress, prepare=prepare, device=resolve_device(device), store=store,
+               raise_errors=raise_errors)
+    record, trained = run.execute()
+    return (record, trained) if return_model else record
 
 
 # --------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------
-def _run(
-    config: TrainConfig,
-    base: tuple[torch.nn.Module, Any] | None,
-    callbacks: Sequence[StepCallback],
-    progress: bool,
-    prepare: Prepare | None,
-    device: torch.device,
-    store: RunStore | None,
-) -> tuple[dict[str, Any], torch.nn.Module | None]:
-    started = time.perf_counter()
-    dist = distributed.setup(device)
-    device = dist.device
-    seed_everything(config.seed)
-    record = new_record(config)
-    if dist.enabled:
-        record["rank"], record["world_size"] = dist.rank, dist.world_size
-    steps = record["steps"]
-    model = None
-    try:
-        model, tokenizer = build_model(config, base, device)
-        if prepare is not None:
-            model = prepare(model)
-        record["params"] = count_params(model)
-        precision = policy(config.precision)
-        scaler = precision.scaler(device)
-        wrapped = dist.wrap(model, config.parallel)  # before the optimizer: FSDP swaps in sharded parameters
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = build_optimizer(trainable, config)
-        schedule = build_schedule(optimizer, config)
-        features = training_features(tokenizer, config)
-        stream = batches(
-            features, config.batch_size, tokenizer.pad_token_id, config.seed, dist.rank, dist.world_size
-        )
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+class _Run:
+    """One run, read top to bottom in :meth:`execute`: set up, loop over steps, finish."""
 
-        wrapped.train()
+    def __init__(self, config: TrainConfig, *, base, model, batches, hooks, callbacks, progress, prepare,
+                 device, store, raise_errors) -> None:
+        self.config, self.base, self.given_model, self.batches = config, base, model, batches
+        self.hooks, self.callbacks, self.progress, self.prepare = hooks, callbacks, progress, prepare
+        self.device, self.store, self.raise_errors = device, store, raise_errors
+        self.model: torch.nn.Module | None = None
+        self.tokenizer: Any = None
+
+    def execute(self) -> tuple[RunRecord, torch.nn.Module | None]:
+        config = self.config
+        started = time.perf_counter()
+        self.dist = dist = distributed.setup(self.device)
+        self.device = dist.device
+        seed_everything(config.seed)
+        record = new_record(config)
+        if dist.enabled:
+            record.rank, record.world_size = dist.rank, dist.world_size
+        try:
+            self.set_up(record)
+            self.loop(record)
+        except ConfigError:
+            raise  # a bad option is the caller's mistake, not a failed run
+        except KeyboardInterrupt:
+            record.status = "interrupted"
+        except Exception as error:  # a broken point must not take a sweep down; the record says why
+            if self.raise_errors or (isinstance(error, RuntimeError) and not _is_oom(error)):
+                raise
+            _record_failure(record, error)
+
+        model = self.model
+        if dist.sharded and record.ok:  # FSDP: gather the shards into one model on rank 0
+            model = dist.unsharded(model, lambda: _rebuild(config, self.base, self.device, self.prepare))
+        _finish_record(record, model, self.device)
+        if record.ok and model is not None and self.tokenizer is not None:
+            record.eval = evaluate(model, self.tokenizer, config, dist)
+        keep = self.store is not None and dist.is_main and record.status != "interrupted"
+        if keep and record.ok and model is not None:
+            record.adapter_bytes = _save_weights(model, self.store.weights_dir(config))
+        record.seconds = time.perf_counter() - started
+        if keep:
+            self.store.put(record)  # written once, when the run is over
+        dist.barrier()
+        return record, model
+
+    def set_up(self, record: RunRecord) -> None:
+        """Model (LoRA-wrapped or not), optimizer, schedule, precision policy and the batch stream."""
+        config, dist = self.config, self.dist
+        if self.given_model is not None:
+            self.model = self.given_model
+        else:
+            self.model, self.tokenizer = build_model(config, self.base, self.device)
+        if self.prepare is not None:
+            self.model = self.prepare(self.model)
+        record.params = count_params(self.model)
+        self.wrapped = dist.wrap(self.model, config.parallel)  # before the optimizer: FSDP swaps in shards
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(self.trainable, config)
+        self.schedule = build_schedule(self.optimizer, config)
+        precision = policy(config.precision)
+        self.settings = StepSettings(
+            scaler=precision.scaler(self.device),
+            autocast=lambda: precision.autocast(self.device),
+            max_grad_norm=config.max_grad_norm,
+            loss_multiplier=config.loss_multiplier,
+            no_sync=lambda last: dist.maybe_no_sync(self.wrapped, last),
+            reduce=dist.mean,
+        )
+        if self.batches is not None:
+            self.stream = self.batches
+        else:
+            features = training_features(self.tokenizer, config)
+            self.stream = batches(features, config.batch_size, self.tokenizer.pad_token_id, config.seed,
+                                  dist.rank, dist.world_size)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def loop(self, record: RunRecord) -> None:
+        """Repeat the training step; record every step; stop at a non-finite loss."""
+        config = self.config
+        self.wrapped.train()
         train_started = time.perf_counter()
-        bar = _progress_bar(config, progress and dist.is_main)
+        bar = _progress_bar(config, self.progress and self.dist.is_main)
         for step in range(1, config.steps + 1):
             t0 = time.perf_counter()
-            micro_batches = [next(stream) for _ in range(config.grad_accum)]
-            # Normalise by the answer tokens of the whole effective batch, so batch 8 and
-            # batch 4 × accumulation 2 give the same gradient (the accumulation lesson).
-            n_targets = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches)
-            n_tokens = sum(int(b["attention_mask"].sum()) for b in micro_batches)
-            step_loss = 0.0
-            for i, batch in enumerate(micro_batches):
-                batch = {k: v.to(device) for k, v in batch.items()}
-                sync = i == len(micro_batches) - 1
-                with dist.maybe_no_sync(wrapped, sync):
-                    with precision.autocast(device):  # forward → loss
-                        logits = wrapped(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                        loss = causal_lm_loss(logits, batch["labels"], n_targets)
-                    scaled = loss * config.loss_multiplier  # → backward
-                    (scaler.scale(scaled) if scaler else scaled).backward()
-                step_loss += loss.item()
-            step_loss = dist.mean(step_loss)
-            if not math.isfinite(step_loss):
-                record["status"] = "nan"
-                record["failed_step"] = step
-                steps.append(_step_record(step, step_loss, None, schedule, scaler, t0, n_tokens, model, optimizer, device))
+            micro_batches = [_to(next(self.stream), self.device) for _ in range(config.grad_accum)]
+            self.settings.forward_context = lambda micro, step=step: self.hooks.forward_context(step, micro)
+            result = train_step(self.wrapped, micro_batches, self.optimizer, self.settings, self.trainable)
+            entry = self.step_record(step, result, t0, count_tokens(micro_batches))
+            record.steps.append(entry)
+            if not result.updated:
+                record.status, record.failed_step = "nan", step
                 break
-            # update (with the scaler: unscale, skip the step if any gradient is inf/NaN)
-            if scaler:
-                scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm or float("inf"))
-            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            entry = _step_record(step, step_loss, float(grad_norm), schedule, scaler, t0, n_tokens, model, optimizer, device)
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            steps.append(entry)
+            self.hooks.after_step(step, self.model, self.optimizer)
+            self.schedule.step()
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.3f}")
-            for callback in callbacks:
+            bar.set_postfix(loss=f"{result.loss:.3f}")
+            for callback in self.callbacks:
                 callback(entry)
         bar.close()
-        record["train_seconds"] = time.perf_counter() - train_started
-    except ConfigError:
-        raise  # a bad option is the caller's mistake, not a failed run
-    except KeyboardInterrupt:
-        record["status"] = "interrupted"
-    except torch.OutOfMemoryError:
-        record["status"] = "oom"
-    except RuntimeError as error:
-        if "out of memory" not in str(error).lower():
-            raise
-        record["status"] = "oom"
-    except Exception as error:  # a broken point must not take a sweep down; the record says why
-        record["status"] = "error"
-        record["error"] = f"{type(error).__name__}: {error}"
-        record["traceback"] = traceback.format_exc(limit=8)
+        self.optimizer.zero_grad(set_to_none=True)
+        record.train_seconds = time.perf_counter() - train_started
 
-    if dist.sharded and record["status"] == "ok":  # FSDP: gather the shards into one model on rank 0
-        model = dist.unsharded(model, lambda: _rebuild(config, base, device, prepare))
-    _finish_record(record, model, device, started)
-    if record["status"] == "ok" and model is not None:
-        record["eval"] = evaluate(model, tokenizer, config, dist)
-    if store is not None and dist.is_main and record["status"] != "interrupted":
-        if record["status"] == "ok" and model is not None:
-            record["adapter_bytes"] = _save_weights(model, store.weights_dir(config))
-        store.put(record)
-    record["seconds"] = time.perf_counter() - started
-    if store is not None and dist.is_main and record["status"] != "interrupted":
-        store.put(record)
-    dist.barrier()
-    return record, model
+    def step_record(self, step: int, result: StepResult, t0: float, n_tokens: int) -> StepRecord:
+        device = self.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            memory = torch.cuda.max_memory_allocated(device)
+        else:
+            memory = sum(state_bytes(self.model, self.optimizer).values())
+        seconds = time.perf_counter() - t0
+        return StepRecord(
+            step=step,
+            loss=result.loss,
+            grad_norm=result.grad_norm,
+            nonfinite_grads=result.grad_norm is not None and not math.isfinite(result.grad_norm),
+            lr=self.schedule.get_last_lr()[0],
+            loss_scale=loss_scale(self.settings.scaler),
+            tokens_per_s=n_tokens / seconds if seconds > 0 else 0.0,
+            memory_bytes=int(memory),
+            seconds=seconds,
+        )
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower())
+
+
+def _record_failure(record: RunRecord, error: BaseException) -> None:
+    """OOM and other failures end the run with a status; the traceback is kept for the record."""
+    if _is_oom(error):
+        record.status = "oom"
+        return
+    record.status = "error"
+    record.error = f"{type(error).__name__}: {error}"
+    record.traceback = traceback.format_exc(limit=8)
 
 
 def _rebuild(config: TrainConfig, base: Any, device: torch.device, prepare: Prepare | None) -> torch.nn.Module:
     """A fresh, unsharded model of the same shape as the one trained (weights loaded by the caller)."""
     model, _ = build_model(config, base, device)
     return prepare(model) if prepare is not None else model
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, n_targets: int) -> torch.Tensor:
-    """Next-token cross-entropy: position t predicts token t+1; masked (-100) labels are skipped.
-
-    Logits are upcast to fp32 (as transformers does) so the loss is accurate in any precision.
-    The labels are shifted, not the logits (a ``logits[:, :-1]`` slice would copy the largest
-    tensor of the step). Dividing the summed loss by the token count of the whole effective batch
-    keeps gradient accumulation exactly equivalent to one large batch.
-    """
-    next_tokens = F.pad(labels[:, 1:], (0, 1), value=-100)  # the last position has no next token
-    return F.cross_entropy(logits.float().flatten(0, 1), next_tokens.flatten(), ignore_index=-100,
-                           reduction="sum") / max(n_targets, 1)
 
 
 def evaluate(model: torch.nn.Module, tokenizer: Any, config: TrainConfig, dist: Any = None) -> dict[str, Any]:
@@ -222,10 +267,9 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, config: TrainConfig, dist: 
 def build_model(
     config: TrainConfig, base: tuple[torch.nn.Module, Any] | None, device: torch.device
 ) -> tuple[torch.nn.Module, Any]:
-    """The model to train: a copy of ``base`` (or a fresh load), cast, wrapped with LoRA if asked."""
+    """The model to train: a copy of ``base`` (or a fresh load), prepared by :func:`prepare_for_training`."""
     from labkit.models import load_model, load_tokenizer
 
-    weight_dtype = policy(config.precision).weight_dtype
     if base is not None:
         model, tokenizer = copy.deepcopy(base[0]), base[1]
         if hasattr(model, "merge_and_unload"):  # a fine-tuned LoRA model as the base: bake it in
@@ -235,41 +279,43 @@ def build_model(
     else:
         tokenizer = load_tokenizer(config.model)
         quantization = qlora_quantization(config) if config.method == "qlora" else None
-        model = load_model(config.model, dtype=weight_dtype, quantization=quantization, device=device)
+        model = load_model(config.model, dtype=policy(config.precision).weight_dtype, quantization=quantization,
+                           device=device)
+    return prepare_for_training(model, config, device), tokenizer
 
+
+def prepare_for_training(model: torch.nn.Module, config: TrainConfig, device: torch.device, *,
+                         reentrant_checkpointing: bool = False) -> torch.nn.Module:
+    """Cast, checkpoint and wrap a loaded base for ``config``: full FT, LoRA or QLoRA (4-bit base).
+
+    ``reentrant_checkpointing``: torch's older checkpoint variant, whose saved inputs are visible to
+    saved-tensor hooks (the memory measurement counts them); the engine uses the newer one.
+    """
+    checkpoint_kwargs = {"use_reentrant": reentrant_checkpointing}
     if config.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=config.grad_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
+            model, use_gradient_checkpointing=config.grad_checkpointing, gradient_checkpointing_kwargs=checkpoint_kwargs
         )
     else:
-        model = model.to(device=device, dtype=weight_dtype)
+        weight_dtype = policy(config.precision).weight_dtype
+        model = model.to(device)
+        if any(p.dtype != weight_dtype for p in model.parameters() if p.is_floating_point()):
+            model = model.to(dtype=weight_dtype)  # loaded in that dtype already: buffers such as RoPE's stay fp32
         if config.grad_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
     if getattr(model, "config", None) is not None:
         model.config.use_cache = False
 
     if config.method in ("lora", "qlora"):
-        from peft import LoraConfig, get_peft_model
-
-        check_targets(model, config.targets)
-
-        lora = LoraConfig(
-            r=config.rank,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.dropout,
-            target_modules=list(config.targets) if isinstance(config.targets, tuple) else config.targets,
-            use_rslora=config.use_rslora,
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lora)
+        model = config.lora.apply(model)
+        if config.grad_checkpointing and reentrant_checkpointing and config.method == "lora":
+            model.enable_input_require_grads()  # reentrant checkpointing needs an input that requires grad
     else:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
-    return model.to(device) if config.method != "qlora" else model, tokenizer
+    return model.to(device) if config.method != "qlora" else model
 
 
 def qlora_quantization(config: TrainConfig) -> dict[str, Any]:
@@ -280,19 +326,6 @@ def qlora_quantization(config: TrainConfig) -> dict[str, Any]:
         "bnb_4bit_use_double_quant": config.double_quant,
         "bnb_4bit_compute_dtype": DTYPES[config.compute_dtype],
     }
-
-
-def check_targets(model: torch.nn.Module, targets: tuple[str, ...] | str) -> None:
-    """Refuse LoRA target names this model does not have, listing the ones it does."""
-    if targets == "all-linear":
-        return
-    linear_names = sorted(
-        {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if "Linear" in type(module).__name__}
-        - {"lm_head"}
-    )
-    missing = [t for t in targets if t not in linear_names]
-    if missing:
-        raise ConfigError("targets", "all-linear or module names of this model: " + ",".join(linear_names), missing[0])
 
 
 def _is_4bit(model: torch.nn.Module) -> bool:
@@ -345,65 +378,32 @@ def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None 
 # --------------------------------------------------------------------------------------
 # Records
 # --------------------------------------------------------------------------------------
-def new_record(config: TrainConfig) -> dict[str, Any]:
-    return {
-        "status": "ok",
-        "model": config.model,
-        "task": config.task,
-        "method": config.method,
-        "rank": config.rank if config.method != "full" else None,
-        "key": config.key(),
-        "config": config.to_dict(),
-        "losses": [],
-        "steps": [],
-        "eval": {},
-        "params": {"total": 0, "trainable": 0},
-        "peak_memory_bytes": 0,
-        "tokens_per_s": 0.0,
-        "seconds": 0.0,
-        "train_seconds": 0.0,
-        "adapter_bytes": 0,
-        "reused": False,
-        "device": "",
-    }
+def new_record(config: TrainConfig) -> RunRecord:
+    """The record a run of ``config`` starts with (status ok, nothing measured yet)."""
+    return RunRecord(
+        model=config.model,
+        task=config.task,
+        method=config.method,
+        rank=config.rank if config.method != "full" else None,
+        key=config.key(),
+        config=config.to_dict(),
+    )
 
 
-def _step_record(step, loss, grad_norm, schedule, scaler, t0, n_tokens, model, optimizer, device) -> dict[str, Any]:
+def _finish_record(record: RunRecord, model: torch.nn.Module | None, device: torch.device) -> None:
+    steps = record.steps
+    record.losses = [s.loss for s in steps]
+    record.device = str(device)
+    record.peak_memory_bytes = max((s.memory_bytes for s in steps), default=0)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        memory = torch.cuda.max_memory_allocated(device)
-    else:
-        memory = sum(state_bytes(model, optimizer).values())
-    seconds = time.perf_counter() - t0
-    return {
-        "step": step,
-        "loss": loss,
-        "grad_norm": grad_norm,
-        "nonfinite_grads": grad_norm is not None and not math.isfinite(grad_norm),
-        "lr": schedule.get_last_lr()[0],
-        "loss_scale": scaler.get_scale() if scaler else None,
-        "tokens_per_s": n_tokens / seconds if seconds > 0 else 0.0,
-        "memory_bytes": int(memory),
-        "seconds": seconds,
-    }
-
-
-def _finish_record(record: dict[str, Any], model: torch.nn.Module | None, device: torch.device, started: float) -> None:
-    steps = record["steps"]
-    record["losses"] = [s["loss"] for s in steps]
-    record["device"] = str(device)
-    record["peak_memory_bytes"] = max((s["memory_bytes"] for s in steps), default=0)
-    if device.type == "cuda":
-        record["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(device))
-        record["reserved_memory_bytes"] = int(torch.cuda.max_memory_reserved(device))
-    train_time = sum(s["seconds"] for s in steps)
-    tokens = sum(s["tokens_per_s"] * s["seconds"] for s in steps)
-    record["tokens_per_s"] = tokens / train_time if train_time > 0 else 0.0
-    record["nonfinite_steps"] = [s["step"] for s in steps if s["nonfinite_grads"] or not math.isfinite(s["loss"])]
-    if model is not None and not record["adapter_bytes"]:
-        record["adapter_bytes"] = sum(
-            p.numel() * p.element_size() for p in model.parameters() if p.requires_grad
-        )
+        record.peak_memory_bytes = int(torch.cuda.max_memory_allocated(device))
+        record.reserved_memory_bytes = int(torch.cuda.max_memory_reserved(device))
+    train_time = sum(s.seconds for s in steps)
+    tokens = sum(s.tokens_per_s * s.seconds for s in steps)
+    record.tokens_per_s = tokens / train_time if train_time > 0 else 0.0
+    record.nonfinite_steps = [s.step for s in steps if s.nonfinite_grads or not math.isfinite(s.loss)]
+    if model is not None and not record.adapter_bytes:
+        record.adapter_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
 
 
 def _save_weights(model: torch.nn.Module, target) -> int:
@@ -453,6 +453,6 @@ def _progress_bar(config: TrainConfig, enabled: bool):
     return tqdm(total=config.steps, desc=f"{label} {config.model}/{config.task}", disable=not enabled, leave=False)
 
 
-def losses_of(records: Iterable[dict[str, Any]]) -> list[list[float]]:
+def losses_of(records: Iterable[RunRecord]) -> list[list[float]]:
     """The loss curves of several records (convenience for plots)."""
     return [r["losses"] for r in records]

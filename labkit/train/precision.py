@@ -24,9 +24,11 @@ class PrecisionPolicy:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
-    def scaler(self, device: torch.device) -> torch.amp.GradScaler | None:
-        # With no device argument GradScaler silently disables itself on a CPU-only machine.
-        return torch.amp.GradScaler(device.type) if self.scaled else None
+    def scaler(self, device: torch.device) -> torch.amp.GradScaler:
+        """A GradScaler, enabled only when this policy scales the loss (a disabled one is a no-op)."""
+        from labkit.train.step import scaler_for
+
+        return scaler_for(device, self.scaled)
 
 
 POLICIES = {

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Iterator
 
 from labkit.home import atomic_write_json, cache_dir
 from labkit.train.config import TrainConfig
+from labkit.train.records import RunRecord
 
 # Statuses that are a property of the config (rerunning gives the same answer) and so are reused.
 FINAL_STATUSES = ("ok", "nan")
@@ -23,7 +25,7 @@ def json_safe(value: Any) -> Any:
     """Replace NaN/inf (not valid JSON) with None, recursively."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):  # dicts and typed records
         return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
@@ -43,7 +45,7 @@ class RunStore:
     def weights_dir(self, config: TrainConfig) -> Path:
         return self.run_dir(config) / "weights"
 
-    def get(self, config: TrainConfig) -> dict[str, Any] | None:
+    def get(self, config: TrainConfig) -> RunRecord | None:
         """The stored record for this config if it finished (ok or nan), else None."""
         path = self.run_dir(config) / "record.json"
         if not path.exists():
@@ -52,9 +54,11 @@ class RunStore:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             return None
-        return record if record.get("status") in FINAL_STATUSES else None
+        if not isinstance(record, dict) or record.get("status") not in FINAL_STATUSES:
+            return None
+        return RunRecord.from_dict(record)
 
-    def put(self, record: dict[str, Any]) -> Path:
+    def put(self, record: RunRecord | dict[str, Any]) -> Path:
         """Save a record atomically (any status: failed runs are kept for the record)."""
         # The key the run started under: a train_file edited mid-run must not re-file the record.
         key = record.get("key") or TrainConfig.from_dict(record["config"]).key()
@@ -62,10 +66,12 @@ class RunStore:
         atomic_write_json(path, json_safe(record))
         return path
 
-    def records(self) -> Iterator[dict[str, Any]]:
+    def records(self) -> Iterator[RunRecord]:
         """Every stored record (any status)."""
         for path in sorted(self.root.glob("*/record.json")):
             try:
-                yield json.loads(path.read_text(encoding="utf-8"))
+                data = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError):
                 continue
+            if isinstance(data, dict):
+                yield RunRecord.from_dict(data)
