@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import platform
-import random
 import sys
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -133,17 +132,10 @@ def pick(value: T | None, *, smoke: T, full: T, is_smoke: bool | None = None) ->
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) so a lab's runs repeat."""
-    random.seed(seed)
-    try:
-        import numpy as np
+    """Seed Python, NumPy and torch (CPU and CUDA) so a lab's runs repeat (the engine's own seeding)."""
+    from labkit.train.engine import seed_everything as seed_run
 
-        np.random.seed(seed)
-    except ImportError:  # pragma: no cover
-        pass
-    import torch
-
-    torch.manual_seed(seed)
+    seed_run(seed)
 
 
 def takeaway(text: str) -> Any:
@@ -303,16 +295,18 @@ def own_loop(
     seed: int = 0,
     callback: Any = None,
 ) -> list[float]:
-    """The whole fine-tuning loop in a dozen lines: batch → forward → loss → backward → update.
+    """The whole fine-tuning loop in a dozen lines: batch → :func:`labkit.train.train_step` (forward → loss → backward → update).
 
     Full fine-tuning with AdamW on instruction ``records`` (prompt tokens masked out of the loss),
-    in place on ``model``. Returns the loss of every step. Lab 00 sets it beside the Trainer API
-    and :func:`labkit.train.train` (the engine every other run uses, which takes your own records
-    too: ``TrainConfig(train_file=...)``).
+    in place on ``model``. Returns the loss of every step. The step is the very function the
+    engine calls (lab 00 prints its source); :func:`labkit.train.train` adds precision policies,
+    accumulation, LoRA and the run store, and takes your own records too
+    (``TrainConfig(train_file=...)``).
     """
     import torch
 
     from labkit.tasks import collate, tokenize_for_training
+    from labkit.train.step import StepSettings, scaler_for, train_step
 
     features = tokenize_for_training(tokenizer, records, seq_len)
     if not features:
@@ -320,6 +314,7 @@ def own_loop(
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     device = next(model.parameters()).device
+    settings = StepSettings(scaler=scaler_for(device, enabled=False), max_grad_norm=None)  # fp32, no clipping
     model.train()
     losses: list[float] = []
     order: list[int] = []
@@ -329,11 +324,8 @@ def own_loop(
         idx, order = order[:batch_size], order[batch_size:]
         batch = collate([features[i] for i in idx], tokenizer.pad_token_id)
         batch = {k: v.to(device) for k, v in batch.items()}
-        out = model(**batch)  # forward; transformers shifts the labels and computes cross-entropy
-        out.loss.backward()  # backward: a gradient for every trainable weight
-        optimizer.step()  # update
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(out.loss))
+        result = train_step(model, [batch], optimizer, settings)  # forward → loss → backward → update
+        losses.append(result.loss)
         if callback is not None:
             callback({"step": step + 1, "loss": losses[-1]})
     model.eval()
@@ -357,21 +349,21 @@ def next_token_loop(
     """
     import torch
 
+    from labkit.train.step import StepSettings, scaler_for, train_step
+
     ids = torch.as_tensor(token_ids).reshape(-1)
     if ids.numel() <= seq_len + 1:
         raise ValueError(f"token_ids: need more than seq_len + 1 = {seq_len + 1} tokens; got {ids.numel()}")
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     device = next(model.parameters()).device
+    settings = StepSettings(scaler=scaler_for(device, enabled=False), max_grad_norm=None)
     model.train()
     losses: list[float] = []
     for _ in range(steps):
         starts = torch.randint(0, ids.numel() - seq_len - 1, (batch_size,), generator=generator)
         batch = torch.stack([ids[s : s + seq_len] for s in starts.tolist()]).to(device)
-        loss = model(input_ids=batch, labels=batch).loss  # labels = inputs: the model shifts them by one
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        # labels = inputs: the loss shifts them by one, so every position predicts the next token
+        losses.append(train_step(model, [{"input_ids": batch, "labels": batch}], optimizer, settings).loss)
     model.eval()
     return losses

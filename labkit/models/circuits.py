@@ -60,8 +60,7 @@ def previous_token_kernel(inv_freq: torch.Tensor, max_distance: int = 512, iters
         optimizer = torch.optim.Adam([logits], lr=0.05)
         for _ in range(iters):
             soft_min = -torch.logsumexp(-(lead @ torch.softmax(logits, 0)) * 200, 0) / 200
-            optimizer.zero_grad()
-            (-soft_min).backward()
+            (logits.grad,) = torch.autograd.grad(-soft_min, [logits])  # a fit, not a training step
             optimizer.step()
     weights = torch.softmax(logits.detach(), 0)
     return weights.float(), float((lead @ weights).min())

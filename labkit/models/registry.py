@@ -33,6 +33,7 @@ from labkit.errors import LabkitError
 from labkit.home import OfflineError
 from labkit.models import smollm2, tiny
 from labkit.models.tokenizer import CHATML_TEMPLATE
+from labkit.train.precision import DTYPES
 
 BUILTIN_MODELS: dict[str, dict[str, Any]] = {
     "tiny": {
@@ -150,8 +151,7 @@ def _load(loader: Callable[..., Any], name_or_path: str, **kwargs: Any) -> Any:
                                  f"{OFFLINE_CHOICES}") from exc
 
 
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp16": torch.float16, "float16": torch.float16}
+_DTYPES = {**DTYPES, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _as_dtype(value: Any, field: str) -> torch.dtype:

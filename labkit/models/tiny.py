@@ -36,6 +36,7 @@ from labkit.data.corpus import corpus_split, generic_texts, shakespeare_texts
 from labkit.home import atomic_write_json, cache_dir, file_lock
 from labkit.models.circuits import head_scores, plant_induction_circuit
 from labkit.models.tokenizer import IM_END, PAD_TOKEN, SPECIAL_IDS, VOCAB_SIZE, EOS_TOKEN, train_tokenizer
+from labkit.train.step import StepSettings, scaler_for, train_step
 
 # Defaults: a build must finish inside 3 minutes on 2 CPU cores. One step of 8 x 128 tokens
 # costs ~0.4 CPU-seconds here (single thread), so 300 steps take ~1.5-2 minutes with prep,
@@ -288,6 +289,8 @@ def _pretrain_into(
             lr=lr,
             betas=(0.9, 0.95),
         )
+        settings = StepSettings(scaler=scaler_for(torch.device("cpu"), enabled=False), max_grad_norm=1.0,
+                                loss_fn=lambda net, batch, _n: _loss(net, batch["windows"]))
         gen = torch.Generator().manual_seed(seed)
         windows = _val_windows(data["val"], seq_len)
         eval_every = eval_every or max(1, steps // 5)
@@ -300,17 +303,13 @@ def _pretrain_into(
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, steps, lr)
             batch = _sample_batch(data["train"], batch_size, seq_len, gen, GENERIC_FRACTION, copy_fraction)
-            loss = _loss(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0).item()
-            optimizer.step()
+            result = train_step(model, [{"windows": batch}], optimizer, settings)  # the engine's own step
 
-            losses.append(loss.item())
+            losses.append(result.loss)
             record = {
                 "step": step + 1,
                 "loss": losses[-1],
-                "grad_norm": grad_norm,
+                "grad_norm": result.grad_norm,
                 "lr": optimizer.param_groups[0]["lr"],
                 "tokens_seen": (step + 1) * batch_size * seq_len,
                 "seconds": time.perf_counter() - train_started,

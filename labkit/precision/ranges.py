@@ -119,7 +119,7 @@ def collect_tensors(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, l
     at most ``max_values`` values (fixed seed) to keep memory small. The model is left unchanged
     (its gradients are cleared afterwards).
     """
-    from labkit.train.engine import causal_lm_loss
+    from labkit.train.step import StepSettings, accumulate_gradients, scaler_for
 
     acts: list[torch.Tensor] = []
     act_grads: list[torch.Tensor] = []
@@ -134,10 +134,9 @@ def collect_tensors(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, l
     try:
         with model_mode(model, True):
             model.zero_grad(set_to_none=True)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
-            n_targets = int((batch["labels"][:, 1:] != -100).sum())
-            loss = causal_lm_loss(logits, batch["labels"], n_targets) * loss_multiplier
-            loss.backward()
+            # the engine's own forward → loss → backward, without the update
+            settings = StepSettings(scaler=scaler_for(torch.device("cpu"), enabled=False), loss_multiplier=loss_multiplier)
+            accumulate_gradients(model, [batch], settings)
             weights = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()])
             grads = torch.cat([p.grad.detach().reshape(-1).float() for p in model.parameters() if p.grad is not None])
     finally:
