@@ -128,6 +128,20 @@ record("loss_after_step", loss_after)
 takeaway("One step = forward (loss) → backward (gradients) → update (weights move against the gradient); the same batch now has a lower loss.")
 
 # %% [markdown]
+# Every real run in labkit — the fine-tunes below, `tiny`'s own pretraining, the memory
+# measurement of lab 01 — calls one function for this step, `labkit.train.train_step`. Here it
+# is, whole: the same forward → loss → backward → update, plus what a real run needs
+# (gradient accumulation over micro-batches, fp16 loss scaling, gradient clipping).
+
+# %%
+import inspect
+
+from labkit.train import step as engine_step
+
+print(inspect.getsource(engine_step.accumulate_gradients))
+print(inspect.getsource(engine_step.train_step))
+
+# %% [markdown]
 # ## 3 · Training vs inference memory
 #
 # Inference keeps the **weights** and a few activations at a time. Training also keeps a

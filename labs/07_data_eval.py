@@ -169,6 +169,41 @@ record("exec_acc_before", before["execution_accuracy"])
 record("exec_acc_after", after.get("execution_accuracy"))
 
 # %% [markdown]
+# ### Which score can you trust? Spider's exact set match, side by side
+#
+# Papers score text-to-SQL with Spider's metrics (Yu et al. 2018). **Exact set match** parses both
+# queries, resolves aliases to tables and compares clause by clause as *sets* (SELECT items, WHERE
+# conditions, GROUP BY, ORDER BY, the FROM tables, the keywords) with every value masked.
+# **Execution accuracy** compares the rows; Spider accepts any column order and drops DISTINCT,
+# labkit's `execution_accuracy` is strict on both. The string match (`exact_string`) calls a renamed
+# alias or a swapped join wrong; exact set match accepts a wrong entity, a wrong LIMIT, even a wrong
+# join column; execution can pass a wrong query that happens to return the right rows. The last
+# columns say *which clause* differs.
+
+# %%
+from labkit.tasks.spider import LESSON_GOLD, conventions, lesson_variants, side_by_side
+
+named = {name: (LESSON_GOLD, sql) for name, sql in lesson_variants().items()}
+named.update({f"model, question {i}": (ex["output"], pred)
+              for i, (ex, pred) in enumerate(list(zip(eval_set, before["predictions"]))[:4])})
+rows = side_by_side(named)
+display(table(rows))
+display(table([{"": name, **{k: m.get(k) for k in ("exact_string", "exact_set_match", "exact_set_match_values",
+                                                    "execution_accuracy", "execution_accuracy_spider",
+                                                    "partial_select", "partial_where", "partial_order")}}
+               for name, m in (("before", before), ("after", after))]))
+record("spider_rows", len(rows))
+record("renamed_aliases_exact_set_match", rows[0]["exact_set_match"])
+record("renamed_aliases_exact_string", rows[0]["exact_string"])
+
+# %% [markdown]
+# labkit follows Spider's rules, not its parser (which cannot read `FROM Track t`, `strftime` or
+# `'Guns N'' Roses'`). Every place labkit's scores differ from Spider's script:
+
+# %%
+print(conventions())
+
+# %% [markdown]
 # ## 5 · RAG or fine-tuning? Information vs behaviour
 #
 # Fine-tuning changes **behaviour**: the output format, the style, the habit of answering

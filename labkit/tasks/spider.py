@@ -902,3 +902,31 @@ def evaluate_pairs(scores: Sequence[PairScore]) -> dict[str, float]:
     for name, value in summarize_components(scores).items():
         out[metric_key(name)] = value["f1"]
     return out
+
+
+LESSON_GOLD = ("SELECT t.Name FROM Track t JOIN Genre g ON t.GenreId = g.GenreId WHERE g.Name = 'Jazz' "
+               "ORDER BY t.Milliseconds DESC LIMIT 1")
+
+
+def lesson_variants(gold: str = LESSON_GOLD) -> dict[str, str]:
+    """Rewrites of one gold query that split the metrics apart (lab 07): same meaning, or one clause wrong."""
+    return {
+        "aliases renamed": gold.replace("t.", "tr.").replace("Track t", "Track tr"),
+        "join order swapped": gold.replace("FROM Track t JOIN Genre g ON t.GenreId = g.GenreId",
+                                           "FROM Genre g JOIN Track t ON g.GenreId = t.GenreId"),
+        "another genre": gold.replace("'Jazz'", "'Blues'"),
+        "LIMIT 3": gold.replace("LIMIT 1", "LIMIT 3"),
+        "no ORDER BY": gold.replace(" ORDER BY t.Milliseconds DESC", ""),
+        "wrong join column": gold.replace("ON t.GenreId", "ON t.MediaTypeId"),
+    }
+
+
+def side_by_side(named_pairs: dict[str, tuple[str, str]], db: str | Path | None = None) -> list[dict[str, Any]]:
+    """One row per named (gold, predicted) pair: the headline metrics and the clauses Spider calls wrong."""
+    metrics = ("exact_string", "exact_set_match", "exact_set_match_values", "execution_strict",
+               "execution_any_order", "execution_spider")
+    rows = []
+    for name, row in zip(named_pairs, score_table(named_pairs.values(), db)):
+        rows.append({"pair": name, **{k: row[k] for k in metrics},
+                     "wrong clauses": ", ".join(c for c in COMPONENTS if not row[c]), "reason": row["reason"]})
+    return rows
