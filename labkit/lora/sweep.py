@@ -263,33 +263,35 @@ def _failed_record(config: Any, status: str, error: str) -> dict[str, Any]:
 
 def sweep_table(result: dict[str, Any]) -> list[dict[str, Any]]:
     """One flat row per point: what the sweep table and the panel's table show."""
+    from labkit.train.records import RunRecord
+
     rows = []
-    for r in result["points"]:
-        ev = r.get("eval") or {}
+    for point in result["points"]:
+        r = RunRecord.from_dict(point)  # typed fields, whatever shape the point came in
+        ev = r.eval or {}
         if ev and "loss" not in ev and all(isinstance(v, dict) for v in ev.values()):
             ev = next(iter(ev.values()))  # multi-task: the first task's metrics
-        meta = r.get("sweep", {})
-        params = r.get("params") or {}
+        meta = r.extras.get("sweep", {})
         rows.append({
-            "label": meta.get("label", r.get("method")),
-            "method": r.get("method"),
-            "rank": r.get("rank"),
+            "label": meta.get("label", r.method),
+            "method": r.method,
+            "rank": r.rank,
             "alpha_policy": meta.get("alpha_policy"),
             "target_set": meta.get("target_set"),
-            "status": r.get("status"),
-            "failed": r.get("status") in FAILED_STATUSES,
-            "reused": bool(r.get("reused")),
-            "trainable": params.get("trainable", 0),
-            "total": params.get("total", 0),
-            "adapter_bytes": r.get("adapter_bytes", 0),
-            "peak_memory_bytes": r.get("peak_memory_bytes", 0),
-            "seconds": r.get("seconds", 0.0),
-            "tokens_per_s": r.get("tokens_per_s", 0.0),
-            "final_loss": (r.get("losses") or [None])[-1],
+            "status": r.status,
+            "failed": r.status in FAILED_STATUSES,
+            "reused": bool(r.reused),
+            "trainable": (r.params or {}).get("trainable", 0),
+            "total": (r.params or {}).get("total", 0),
+            "adapter_bytes": r.adapter_bytes,
+            "peak_memory_bytes": r.peak_memory_bytes,
+            "seconds": r.seconds,
+            "tokens_per_s": r.tokens_per_s,
+            "final_loss": (r.losses or [None])[-1],
             "eval_loss": ev.get("loss"),
             "accuracy": ev.get("execution_accuracy", ev.get("accuracy")),
             "exact_match": ev.get("exact_match"),
-            "error": r.get("error"),
+            "error": r.error,
         })
     return rows
 
