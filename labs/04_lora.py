@@ -101,7 +101,7 @@ record("lora_effect_on_logits", effect)
 # %%
 from labkit.panels.lora import LoRAPanel
 panel = LoRAPanel(MODEL, "text2sql", store=STORE if STORE is not None else False, sweep_options=SWEEP_OPTIONS)
-panel.ranks_text.value = ",".join(str(r) for r in RANKS)
+panel.model.ranks = list(RANKS)  # a list of ints all the way to the sweep (the box shows it as text)
 panel.steps.value = STEPS
 panel.full.value = FULL_FINETUNE
 sweep = panel.run_sweep()
