@@ -52,7 +52,7 @@ def add_estimate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--activations", default="formula", help="formula|trace (exact, fake-tensor forward)")
     p.add_argument("--loop", default="unknown",
                    help="unknown|drops-output|keeps-output: does the training loop hold the model output through "
-                        "backward (out = model(...); out.loss.backward())? Trainer and labkit drop it")
+                        "backward (out = model(...), then backward on out.loss)? Trainer and labkit drop it")
     p.add_argument("--calibrate", action="store_true",
                    help="run real steps at 1/8 and 1/4 of --seq on this machine, fit the residual, show both")
     p.set_defaults(func=run_estimate)

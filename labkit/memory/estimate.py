@@ -42,7 +42,7 @@ def transients(arch: ArchInfo, setup: MemorySetup, keeps_logits: bool = False) -
     ``log_softmax``'s backward, its saved output, the incoming gradient (from ``nll_loss``) and the
     gradient it writes are three fp32 (b·s, V) tensors at once (``dlogits`` = 8 B + the saved 4 B).
     ``keeps_logits``: the training loop holds the model output through backward
-    (``out = model(...); out.loss.backward()``) — the logits tensor stays alive at every moment.
+    (``out = model(...)``, then backward on ``out.loss``) — the logits tensor stays alive at every moment.
     """
     tok, V = setup.batch * setup.seq, arch.vocab
     out: dict[str, int] = {}
@@ -159,7 +159,7 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
     """Estimate every component for ``setup`` (per device) and the peak over the step's moments.
 
     ``keeps_logits``: whether the training loop holds the model output through backward
-    (``out = model(...); out.loss.backward()``, as PEFT's benchmark does) — True/False, or None for
+    (``out = model(...)``, then backward on ``out.loss``, as PEFT's benchmark does) — True/False, or None for
     "unknown": the point estimate then assumes a Trainer-style loop (output dropped) and the upper
     bound assumes the logits are kept in fp32 (transformers < 4.46 returned fp32 logits).
     ``info["upper"]`` is the bound a verdict (``fits`` / ``margin``) is made from.
