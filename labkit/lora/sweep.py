@@ -216,7 +216,8 @@ def run_sweep(
         except Exception as error:  # loading the base or building the point failed: record it, go on
             record = _failed_record(config, "error", f"{type(error).__name__}: {error}")
             if store is not None:
-                store.put(record)
+                with store.lock(config):
+                    store.put(record)
         record["sweep"] = {**meta, "index": index}
         records.append(record)
         if on_point is not None:

@@ -28,7 +28,16 @@ from labkit.train.data import batches, check_train_file, eval_examples, training
 from labkit.train.optim import build_optimizer, build_schedule
 from labkit.train.precision import DTYPES, policy
 from labkit.train.records import RunRecord, StepRecord
-from labkit.train.step import StepResult, StepSettings, causal_lm_loss, count_tokens, loss_scale, train_step
+from labkit.train.step import (
+    LossFn,
+    StepResult,
+    StepSettings,
+    causal_lm_loss,
+    count_tokens,
+    loss_scale,
+    model_loss,
+    train_step,
+)
 from labkit.train.store import RunStore
 
 __all__ = ["TrainHooks", "train", "build_model", "prepare_for_training", "evaluate", "causal_lm_loss",
@@ -63,6 +72,7 @@ def train(
     return_model: bool = False,
     device: str | torch.device | None = None,
     raise_errors: bool = False,
+    loss_fn: LossFn | None = None,
 ) -> RunRecord | tuple[RunRecord, torch.nn.Module | None]:
     """Fine-tune ``config.model`` on ``config.task`` and return the run record.
 
@@ -73,22 +83,27 @@ def train(
     live plots). ``store``: reuse a finished run with the same config instead of retraining, and
     save this one. ``prepare``: applied to the model before the optimizer is built (e.g. fake
     quantization for QAT). ``raise_errors``: re-raise a failure (OOM included) instead of
-    recording it in the returned record.
+    recording it in the returned record. ``loss_fn``: the step's loss instead of the causal-LM
+    loss (``loss_fn(model, batch, n_targets)``; DPO and the reward model plug in here).
     """
     check_train_file(config)
-    if store is not None:
-        stored = store.get(config)
-        if stored is not None:
-            stored.reused = True
-            if not return_model:
-                return stored
-            trained = _load_stored_model(config, store, base)
-            if trained is not None:
-                return stored, trained
-    run = _Run(config, base=base, model=model, batches=batches, hooks=hooks or TrainHooks(), callbacks=callbacks,
-               progress=progress, prepare=prepare, device=resolve_device(device), store=store,
-               raise_errors=raise_errors)
-    record, trained = run.execute()
+    # One lock per run key around "get, else train and put": a second process asking for the same
+    # run waits, then reuses the record. Rank 0 alone takes it (the other ranks follow its collectives).
+    main_rank = os.environ.get("RANK", "0") == "0"
+    with store.lock(config) if store is not None and main_rank else contextlib.nullcontext():
+        if store is not None:
+            stored = store.get(config)
+            if stored is not None:
+                stored.reused = True
+                if not return_model:
+                    return stored
+                trained = _load_stored_model(config, store, base)
+                if trained is not None:
+                    return stored, trained
+        run = _Run(config, base=base, model=model, batches=batches, hooks=hooks or TrainHooks(),
+                   callbacks=callbacks, progress=progress, prepare=prepare, device=resolve_device(device),
+                   store=store, raise_errors=raise_errors, loss_fn=loss_fn)
+        record, trained = run.execute()
     return (record, trained) if return_model else record
 
 
@@ -99,10 +114,11 @@ class _Run:
     """One run, read top to bottom in :meth:`execute`: set up, loop over steps, finish."""
 
     def __init__(self, config: TrainConfig, *, base, model, batches, hooks, callbacks, progress, prepare,
-                 device, store, raise_errors) -> None:
+                 device, store, raise_errors, loss_fn=None) -> None:
         self.config, self.base, self.given_model, self.batches = config, base, model, batches
         self.hooks, self.callbacks, self.progress, self.prepare = hooks, callbacks, progress, prepare
         self.device, self.store, self.raise_errors = device, store, raise_errors
+        self.loss_fn = loss_fn or model_loss
         self.model: torch.nn.Module | None = None
         self.tokenizer: Any = None
 
@@ -162,6 +178,7 @@ class _Run:
             autocast=lambda: precision.autocast(self.device),
             max_grad_norm=config.max_grad_norm,
             loss_multiplier=config.loss_multiplier,
+            loss_fn=self.loss_fn,
             no_sync=lambda last: dist.maybe_no_sync(self.wrapped, last),
             reduce=dist.mean,
         )
