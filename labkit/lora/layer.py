@@ -3,7 +3,15 @@
 A (r × d_in) starts random and B (d_out × r) starts at zero, so ΔW = (α/r)·B·A is zero at
 init and the adapted model starts exactly where the base model is. rsLoRA scales by α/√r
 instead, so the update does not shrink as r grows. The tests check every line of this module
-against peft's ``LoraLayer`` (same outputs, same gradients, same parameter count).
+against peft's ``LoraLayer`` (same outputs, same gradients, same parameter count) on Llama,
+Qwen2, Gemma-2, Phi-3 and GPT-2.
+
+Two details follow peft exactly (``peft/tuners/lora/layer.py``):
+
+* the base can be an ``nn.Linear`` or transformers' ``Conv1D`` (GPT-2), which stores its
+  weight transposed: d_in = ``weight.shape[0]``, and ΔW is merged transposed;
+* on a half-precision base (bf16/fp16) A and B stay **fp32**: the input is cast to their dtype,
+  the update is added to the base's output and the sum is cast back to the base's dtype.
 """
 
 from __future__ import annotations
@@ -14,10 +22,11 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from labkit.lora.params import TARGET_SETS, LoRAError
+from labkit.lora.spec import LoRAError, is_adaptable, resolve_modules
 
 __all__ = [
     "LoRALinear",
+    "adapter_dtype",
     "apply_lora",
     "lora_modules",
     "merge_lora",
@@ -36,12 +45,27 @@ def lora_scaling(rank: int, alpha: float, rslora: bool = False) -> float:
     return alpha / math.sqrt(rank) if rslora else alpha / rank
 
 
+def adapter_dtype(base_dtype: torch.dtype) -> torch.dtype:
+    """The dtype A and B are kept in: fp32 on a half/fp8 base (peft's ``autocast_adapter_dtype``), else the base's."""
+    if base_dtype.is_floating_point and torch.finfo(base_dtype).bits < 32:
+        return torch.float32
+    return base_dtype if base_dtype.is_floating_point else torch.float32
+
+
+def _shape(base: nn.Module) -> tuple[int, int]:
+    """``(d_in, d_out)`` of an ``nn.Linear`` or a ``Conv1D`` (whose weight is d_in × d_out)."""
+    if isinstance(base, nn.Linear):
+        return base.in_features, base.out_features
+    d_in, d_out = base.weight.shape
+    return int(d_in), int(d_out)
+
+
 class LoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` plus a trainable low-rank update ``scaling · B @ A``."""
+    """A frozen ``nn.Linear`` (or GPT-2 ``Conv1D``) plus a trainable low-rank update ``scaling · B @ A``."""
 
     def __init__(
         self,
-        base: nn.Linear,
+        base: nn.Module,
         rank: int,
         alpha: float,
         *,
@@ -49,49 +73,61 @@ class LoRALinear(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise LoRAError(f"LoRALinear wraps an nn.Linear; got {type(base).__name__}")
-        if not isinstance(rank, int) or rank < 1:
+        if not is_adaptable(base):
+            raise LoRAError(f"LoRALinear wraps an nn.Linear or a transformers Conv1D; got {type(base).__name__}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
             raise LoRAError(f"rank: must be an integer >= 1; got {rank!r}")
         self.base = base
         for p in self.base.parameters():
             p.requires_grad_(False)
+        self.conv1d = not isinstance(base, nn.Linear)
         self.rank = rank
         self.alpha = float(alpha)
         self.rslora = rslora
         self.scaling = lora_scaling(rank, alpha, rslora)
         w = base.weight
-        # Same init as the LoRA reference code and peft: A like nn.Linear's default, B = 0.
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, dtype=w.dtype, device=w.device))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, dtype=w.dtype, device=w.device))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        d_in, d_out = _shape(base)
+        # Same init as the LoRA reference code and peft: A like nn.Linear's default, B = 0. peft
+        # initialises in fp32, moves the adapter to the base's dtype, then upcasts it to fp32 again:
+        # on a bf16 base A starts at bf16-rounded values, so ours does too.
+        a = torch.empty(rank, d_in, dtype=torch.float32, device=w.device)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        dtype = adapter_dtype(w.dtype)
+        if w.dtype.is_floating_point:
+            a = a.to(w.dtype)
+        self.lora_A = nn.Parameter(a.to(dtype))
+        self.lora_B = nn.Parameter(torch.zeros(d_out, rank, dtype=dtype, device=w.device))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
 
     @property
     def in_features(self) -> int:
-        return self.base.in_features
+        return _shape(self.base)[0]
 
     @property
     def out_features(self) -> int:
-        return self.base.out_features
+        return _shape(self.base)[1]
 
     def delta_weight(self) -> torch.Tensor:
-        """ΔW = scaling · B @ A, shaped like the base weight (d_out × d_in)."""
-        return (self.lora_B @ self.lora_A) * self.scaling
+        """ΔW = scaling · B @ A, shaped like the base weight (d_out × d_in; d_in × d_out for Conv1D)."""
+        delta = (self.lora_B @ self.lora_A) * self.scaling
+        return delta.t() if self.conv1d else delta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         if self.merged:
             return out
+        dtype = out.dtype
+        x = x.to(self.lora_A.dtype)  # peft's _cast_input_dtype: the adapter computes in its own dtype
         # x A^T B^T: two thin matmuls (d_in→r→d_out), never the d_out × d_in product.
-        return out + (self.dropout(x) @ self.lora_A.t() @ self.lora_B.t()) * self.scaling
+        out = out + (self.dropout(x) @ self.lora_A.t() @ self.lora_B.t()) * self.scaling
+        return out.to(dtype)  # back to the base's dtype, as peft does
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Fold ΔW into W: one matmul at serving time instead of three."""
+        """Fold ΔW into W: one matmul at serving time instead of three (in place, rounded once to W's dtype)."""
         if not self.merged:
-            self.base.weight += self.delta_weight().to(self.base.weight.dtype)
+            self.base.weight += self.delta_weight()
             self.merged = True
 
     @torch.no_grad()
@@ -102,52 +138,22 @@ class LoRALinear(nn.Module):
             self.merged = False
 
     def extra_repr(self) -> str:
+        kind = ", conv1d" if self.conv1d else ""
         return (
             f"in={self.in_features}, out={self.out_features}, r={self.rank}, "
-            f"alpha={self.alpha:g}, scaling={self.scaling:.4g}, rslora={self.rslora}"
+            f"alpha={self.alpha:g}, scaling={self.scaling:.4g}, rslora={self.rslora}{kind}"
         )
 
 
 def resolve_targets(model: nn.Module, targets: str | Iterable[str]) -> list[str]:
-    """Full names of the ``nn.Linear`` modules to adapt.
+    """Full names of the ``nn.Linear``/``Conv1D`` modules to adapt, as peft would choose them.
 
     ``targets`` is a target set ("attention", "attention+mlp", "all-linear") or module
-    suffixes such as ``("q_proj", "v_proj")``. "all-linear" follows peft: every linear layer
-    except the output head.
+    suffixes such as ``("q_proj", "v_proj")``. Named sets map to the architecture's own modules
+    (GPT-2's ``c_attn``, Phi-3's ``qkv_proj``); "all-linear" follows peft: every linear layer
+    except the output head. The rules live in :func:`labkit.lora.spec.resolve_modules`.
     """
-    linear = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if isinstance(targets, str):
-        if targets not in TARGET_SETS:
-            raise LoRAError(
-                f"targets: must be one of {', '.join(TARGET_SETS)} or module names; got {targets!r}"
-            )
-        wanted = TARGET_SETS[targets]
-    else:
-        wanted = tuple(targets)
-        if not wanted:
-            raise LoRAError("targets: at least one module name is needed")
-    if wanted == "all-linear":
-        head = _output_head_names(model)
-        names = [n for n, _ in linear if n.split(".")[-1] not in head]
-    else:
-        names = [n for n, _ in linear if n.split(".")[-1] in wanted]
-        missing = [w for w in wanted if not any(n.split(".")[-1] == w for n, _ in linear)]
-        if missing:
-            raise LoRAError(f"targets: no linear module named {missing[0]!r} in this model")
-    if not names:
-        raise LoRAError(f"targets: {targets!r} matches no linear module")
-    return names
-
-
-def _output_head_names(model: nn.Module) -> set[str]:
-    names = {"lm_head"}
-    get = getattr(model, "get_output_embeddings", None)
-    head = get() if callable(get) else None
-    if head is not None:
-        for n, m in model.named_modules():
-            if m is head:
-                names.add(n.split(".")[-1])
-    return names
+    return resolve_modules(model, targets)
 
 
 def apply_lora(
@@ -161,8 +167,10 @@ def apply_lora(
     """Freeze every weight of ``model`` and wrap the chosen linears in :class:`LoRALinear` (in place).
 
     ``alpha`` defaults to 2r. Returns the same model, whose only trainable parameters are the
-    A and B matrices: r·(d_in + d_out) per adapted linear.
+    A and B matrices: r·(d_in + d_out) per adapted linear, in fp32 on a bf16/fp16 model.
     """
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise LoRAError(f"rank: must be an integer >= 1; got {r!r}")
     if alpha is None:
         alpha = 2.0 * r
     names = resolve_targets(model, targets)
@@ -195,7 +203,7 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 
 
 def merge_and_unload(model: nn.Module) -> nn.Module:
-    """Merge and put plain ``nn.Linear`` layers back (what you would ship as a merged model)."""
+    """Merge and put the plain base layers (``nn.Linear``/``Conv1D``) back (what you would ship as a merged model)."""
     for name, m in lora_modules(model).items():
         m.merge()
         parent_name, _, child = name.rpartition(".")

@@ -34,6 +34,9 @@ TARGET_SETS: dict[str, tuple[str, ...] | str] = {
 }
 # labkit's default attention targets, in each architecture's own module names.
 ARCH_ATTENTION = {"gpt2": ("c_attn",), "phi3": ("qkv_proj", "o_proj")}
+# ... and its MLP targets. A dotted name matches the end of a module path, as in peft: GPT-2 has a
+# ``c_proj`` in attention and in the MLP, and ``mlp.c_proj`` names only the second.
+ARCH_MLP = {"gpt2": ("c_fc", "mlp.c_proj"), "phi3": ("gate_up_proj", "down_proj")}
 ALPHA_POLICIES = ("fixed", "2r", "rslora")
 FIXED_ALPHA = 16.0
 
@@ -67,10 +70,82 @@ def parse_targets(targets: str | Iterable[str], field: str = "targets") -> Targe
 
 
 def for_architecture(targets: Targets, model_type: str | None) -> Targets:
-    """Map labkit's default attention set to ``model_type``'s own attention linears (GPT-2, Phi-3)."""
-    if tuple(targets) == ATTENTION and model_type in ARCH_ATTENTION:
+    """Map labkit's named sets (attention, MLP, attention+MLP, in Llama's names) to ``model_type``'s own linears.
+
+    GPT-2 and Phi-3 fuse projections (``c_attn``, ``qkv_proj``, ``gate_up_proj``); every other
+    family the estimator accepts uses Llama's names, and module names a user gives pass unchanged.
+    """
+    if targets == ALL_LINEAR or model_type not in ARCH_ATTENTION:
+        return targets
+    names = tuple(targets)
+    if names == ATTENTION:
         return ARCH_ATTENTION[model_type]
+    if names == MLP:
+        return ARCH_MLP[model_type]
+    if names == ATTENTION + MLP:
+        return ARCH_ATTENTION[model_type] + ARCH_MLP[model_type]
     return targets
+
+
+def target_matches(name: str, targets: tuple[str, ...]) -> bool:
+    """peft's rule for a list of ``target_modules``: the full module name, or a ``.``-suffix of it."""
+    return name in targets or any(name.endswith("." + t) for t in targets)
+
+
+def is_adaptable(module: Any) -> bool:
+    """Whether peft's ``all-linear`` considers ``module``: ``nn.Linear`` (bitsandbytes' too) or transformers' ``Conv1D``."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, (nn.Linear, Conv1D))
+
+
+def adaptable_modules(model: Any) -> dict[str, Any]:
+    """Every adaptable module of ``model`` (:func:`is_adaptable`) by its full name."""
+    return {n: m for n, m in model.named_modules() if n and is_adaptable(m)}
+
+
+def output_head_names(model: Any) -> set[str]:
+    """Full names of the output head (``get_output_embeddings()``), which ``all-linear`` leaves out."""
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if head is None:
+        return {n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] == "lm_head"}
+    return {n for n, m in model.named_modules() if m is head}
+
+
+def select_targets(names: Iterable[str], targets: Targets, head: Iterable[str] = (),
+                   field: str = "targets") -> list[str]:
+    """The ones of ``names`` (full names of adaptable modules) that peft adapts for ``target_modules``.
+
+    ``all-linear``: every name but the output head's. A tuple: peft's suffix rule, and every
+    target must match at least one module (a typo is refused, naming the first unmatched target).
+    """
+    names = list(names)
+    if targets == ALL_LINEAR:
+        skip = set(head)
+        chosen = [n for n in names if n not in skip]
+    else:
+        wanted = tuple(targets)
+        chosen = [n for n in names if target_matches(n, wanted)]
+        missing = [t for t in wanted if not any(target_matches(n, (t,)) for n in names)]
+        if missing:
+            available = sorted({n.rsplit(".", 1)[-1] for n in names} - {n.rsplit(".", 1)[-1] for n in head})
+            raise LoRAError(f"{field}: no linear module named {missing[0]!r} in this model; allowed: "
+                            f"{', '.join(TARGET_SETS)} or module names {', '.join(available)}")
+    if not chosen:
+        raise LoRAError(f"{field}: {targets!r} matches no linear module of this model")
+    return chosen
+
+
+def resolve_modules(model: Any, targets: str | Iterable[str], field: str = "targets") -> list[str]:
+    """Full names of the modules of ``model`` an adapter on ``targets`` wraps — as peft would.
+
+    ``targets`` is parsed (:func:`parse_targets`) and mapped to the model's architecture
+    (:func:`for_architecture`) first; the teaching layer and the parameter formula both use this.
+    """
+    mapped = for_architecture(parse_targets(targets, field), model_type_of(model))
+    return select_targets(adaptable_modules(model), mapped, output_head_names(model), field)
 
 
 def model_type_of(model: Any) -> str | None:
@@ -94,7 +169,9 @@ def check_targets(model: Any, targets: Targets, field: str = "targets") -> None:
     if targets == ALL_LINEAR:
         return
     available = linear_module_names(model)
-    missing = [t for t in targets if t not in available]
+    full_names = [n for n, m in model.named_modules()
+                  if n and ("Linear" in type(m).__name__ or type(m).__name__ == "Conv1D")]
+    missing = [t for t in targets if t not in available and not any(target_matches(n, (t,)) for n in full_names)]
     if missing:
         from labkit.train.config import ConfigError  # a run option: named as the command line spells it
 

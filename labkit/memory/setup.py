@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-from labkit.lora.spec import ALPHA_POLICIES, ATTENTION, LoRASpec
+from labkit.lora.spec import ALPHA_POLICIES, ATTENTION, TARGET_SETS, LoRASpec
 from labkit.train.config import COMPUTE_DTYPES, METHODS, OPTIMIZERS, QUANT_TYPES, ConfigError, TrainConfig
 
 # The precisions that differ in memory (amp-fp16-scaled holds one more scalar than amp-fp16).
@@ -57,6 +57,8 @@ class MemorySetup:
     def __post_init__(self) -> None:
         if isinstance(self.targets, list):
             object.__setattr__(self, "targets", tuple(self.targets))
+        if isinstance(self.targets, str) and self.targets.strip() in TARGET_SETS:  # "attention", "attention+mlp"
+            object.__setattr__(self, "targets", TARGET_SETS[self.targets.strip()])
         if isinstance(self.targets, str) and self.targets != "all-linear":
             object.__setattr__(self, "targets", tuple(t.strip() for t in self.targets.split(",") if t.strip()))
         if self.precision in PRECISION_ALIASES:
