@@ -93,7 +93,7 @@ CHECKS = {
         ("the database answers the reference query", lambda r: r["reference_query_runs"] is True),
         ("scores are fractions", lambda r: 0 <= r["exec_acc_before"] <= 1 and 0 <= r["exec_acc_after"] <= 1),
         ("Spider's exact set match accepts renamed aliases, the string match does not",
-         lambda r: r["renamed_aliases_exact_set_match"] is True and r["renamed_aliases_exact_string"] is False),
+         lambda r: r["renamed_aliases_exact_set_match"] == 1 and r["renamed_aliases_exact_string"] == 0),
     ],
 }
 
