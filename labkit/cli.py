@@ -135,7 +135,7 @@ def run_doctor(args: argparse.Namespace) -> int:
 def run_lab(args: argparse.Namespace) -> int:
     from labkit.launch import launch_lab
 
-    return launch_lab(args.dir, port=args.port, dry_run=args.dry_run)
+    return launch_lab(args.dir, port=args.port, dry_run=args.dry_run, copy=args.copy, open_browser=args.open)
 
 
 FETCHABLE = ("tiny", "smollm2-135m", "chinook", "shakespeare", "all")
@@ -186,7 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     lab = sub.add_parser("lab", help="open JupyterLab on the labs (localhost, with a token)")
     lab.add_argument("--dir", default=None, help="folder of notebooks (default: the labs/ folder)")
-    lab.add_argument("--port", type=int, default=8888)
+    lab.add_argument("--port", type=int, default=8888, help="port to ask for (a taken one: Jupyter picks the next free)")
+    lab.add_argument("--copy", default=None, metavar="DIR",
+                     help="write the lab notebooks into DIR (existing files kept) and open that folder")
+    lab.add_argument("--open", action="store_true", help="start a browser where one exists (default: don't)")
     lab.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     lab.set_defaults(handler=run_lab)
 
