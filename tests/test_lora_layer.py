@@ -194,3 +194,34 @@ def test_bad_input_names_the_field():
         lora_parameter_count(small_config(), 0)
     with pytest.raises(LoRAError, match="targets"):
         lora_parameter_count(small_config(), 2, ("wq",))
+
+
+@pytest.mark.parametrize("kind", ["linear-bf16", "conv1d-fp32", "conv1d-bf16"])
+def test_single_layer_matches_peft_layer(kind):
+    """One layer against peft's own lora layer: Conv1D's transposed weight, fp32 adapters on a bf16 base."""
+    from peft import inject_adapter_in_model
+    from peft.tuners.tuners_utils import cast_adapter_dtype
+    from transformers.pytorch_utils import Conv1D
+
+    from labkit.lora.spec import LoRASpec
+
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if kind.endswith("bf16") else torch.float32
+    base = (torch.nn.Linear(8, 6) if kind.startswith("linear") else Conv1D(6, 8)).to(dtype)
+    ours = LoRALinear(copy.deepcopy(base), 2, 4.0)
+    holder = torch.nn.ModuleDict({"lin": copy.deepcopy(base)})
+    config = LoRASpec(rank=2, alpha=4.0, targets=("lin",)).peft_config("gpt2" if "conv1d" in kind else None)
+    theirs = inject_adapter_in_model(config, holder)["lin"]
+    cast_adapter_dtype(holder, "default")  # what get_peft_model does next (inject alone leaves bf16 adapters)
+    assert (ours.in_features, ours.out_features) == (8, 6)
+    assert ours.lora_A.dtype == ours.lora_B.dtype == theirs.lora_A["default"].weight.dtype == torch.float32
+    with torch.no_grad():
+        theirs.lora_B["default"].weight.normal_(0, 0.5)
+        ours.lora_A.copy_(theirs.lora_A["default"].weight)
+        ours.lora_B.copy_(theirs.lora_B["default"].weight)
+    x = torch.randn(3, 8, dtype=dtype)
+    y = ours(x)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y, theirs(x), rtol=0, atol=1e-6)
+    assert not torch.allclose(y, base(x))
+    torch.testing.assert_close(ours.delta_weight(), theirs.get_delta_weight("default"))  # fp32, shaped like W

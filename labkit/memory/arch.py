@@ -89,13 +89,11 @@ class ArchInfo:
 
     def linears_matching(self, targets: tuple[str, ...] | str) -> list[LinearSpec]:
         """The block linears peft would wrap for ``target_modules`` (suffix match; all-linear = all)."""
-        if targets == "all-linear":
+        from labkit.lora.spec import ALL_LINEAR, target_matches  # peft's matching rule, written once
+
+        if targets == ALL_LINEAR:
             return list(self.block_linears)
-        out = []
-        for lin in self.block_linears:
-            if any(lin.name == t or lin.name.endswith("." + t) for t in targets):
-                out.append(lin)
-        return out
+        return [lin for lin in self.block_linears if target_matches(lin.name, tuple(targets))]
 
     def summary(self) -> dict[str, Any]:
         return {"name": self.name, "model_type": self.model_type, "hidden": self.hidden,
