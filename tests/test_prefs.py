@@ -115,14 +115,47 @@ def test_sequence_logps_skip_prompt_and_padding():
     assert torch.allclose(logps_from_logits(logits, labels), lp[0, 0, 2] + lp[0, 1, 3])
 
 
-def test_dpo_raises_held_out_preference_accuracy_over_the_sft_model(records):
-    """tiny: short SFT (from the run store), then LoRA-DPO through the engine's one step."""
-    from labkit.prefs.run import dpo, dpo_report, sft
+@pytest.fixture(scope="module")
+def sft_tiny():
+    """tiny after a short text2sql SFT, from the run store (trained once, then reused)."""
+    from labkit.prefs.run import sft
     from labkit.train import RunStore
 
-    _, sft_model, tok = sft("tiny", steps=20, store=RunStore())
+    _, model, tok = sft("tiny", steps=20, store=RunStore())
+    return model, tok
+
+
+def test_dpo_raises_held_out_preference_accuracy_over_the_sft_model(records, sft_tiny):
+    """tiny: short SFT (from the run store), then LoRA-DPO through the engine's one step."""
+    from labkit.prefs.run import dpo, dpo_report
+
+    sft_model, tok = sft_tiny
     run = dpo(sft_model, tok, prefs_data.pairs_for(records["train"][:120], seed=0), beta=0.1, steps=15, lr=5e-3)
     assert run.record.ok and len(run.history) == 15
     report = dpo_report(run, tok, prefs_data.pairs_for(records["eval"][:40], seed=0))
     assert report["dpo"]["logp_accuracy"] > report["sft"]["logp_accuracy"]
     assert report["dpo"]["reward_accuracy"] > 0.5 and report["dpo"]["margin"] > 0
+
+
+def test_reward_model_learns_the_pairs(records, sft_tiny):
+    """Bradley–Terry on the pairs through the engine: held-out pairwise accuracy beats chance."""
+    from labkit.prefs.reward import pairwise_accuracy, train_reward_model
+
+    sft_model, tok = sft_tiny
+    record, rm, history = train_reward_model(sft_model, tok, prefs_data.pairs_for(records["train"][:80], seed=0),
+                                             steps=20, lr=3e-4)
+    assert record.ok and len(history) == 20
+    assert pairwise_accuracy(rm, tok, prefs_data.pairs_for(records["eval"][:30], seed=0)) > 0.6
+
+
+def test_best_of_n_pickers(records, sft_tiny):
+    from labkit.prefs.bestofn import best_of_n, sample_answers
+
+    model, tok = sft_tiny
+    examples = records["eval"][:3]
+    assert sample_answers(model, tok, examples[0], 2, seed=1) == sample_answers(model, tok, examples[0], 2, seed=1)
+    with pytest.raises(ValueError, match="n: must be an integer >= 1"):
+        sample_answers(model, tok, examples[0], 0)
+    result = best_of_n(model, tok, examples, n=3, greedy=["SELECT Name FROM Nowhere"] * 3)  # fails to run
+    assert result["greedy"] == 0 and result["questions"] == 3
+    assert result["oracle"] >= result["runs"] and result["oracle"] >= result["greedy"]
