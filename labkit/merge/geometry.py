@@ -19,6 +19,7 @@ from labkit.merge.methods import (
     EPS,
     MergeError,
     Param,
+    check_finite,
     count_layers,
     layer_index,
     schedule_value,
@@ -37,6 +38,8 @@ def _flat(x: torch.Tensor | Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 def cosine(a: torch.Tensor | Mapping[str, torch.Tensor], b: torch.Tensor | Mapping[str, torch.Tensor]) -> float:
     """Cosine of the angle between two tensors (or whole state dicts) as flat vectors; 0 for a zero vector."""
+    check_finite(a, "a")
+    check_finite(b, "b")
     x, y = _flat(a), _flat(b)
     nx, ny = float(x.norm()), float(y.norm())
     if nx <= EPS or ny <= EPS:
@@ -59,6 +62,8 @@ def gram_matrices(tensors: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, np
     """
     if len(tensors) < 2:
         raise MergeError("gram_matrices: need at least two state dicts")
+    for i, sd in enumerate(tensors):
+        check_finite(sd, f"tensors[{i}]")
     out: dict[str, np.ndarray] = {}
     for name, first in tensors[0].items():
         if not first.is_floating_point():
@@ -234,6 +239,8 @@ def plane_picture(gram2: np.ndarray, ts: Sequence[float] | None = None, *, norma
 
 def plane_basis(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Orthonormal basis ``(e1, e2)`` of span(a, b) with ``e1 ∥ a`` (Gram–Schmidt, float64)."""
+    check_finite(a, "a")
+    check_finite(b, "b")
     x, y = _flat(a), _flat(b)
     nx = x.norm()
     if nx <= EPS:
@@ -248,5 +255,6 @@ def plane_basis(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 def project(v: torch.Tensor, basis: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
     """Coordinates of ``v`` in the plane basis (the rest of ``v`` is dropped)."""
+    check_finite(v, "v")
     x = _flat(v)
     return float(x @ basis[0]), float(x @ basis[1])

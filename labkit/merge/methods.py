@@ -112,9 +112,21 @@ def _work_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _check_same(models: Sequence[Model], what: str) -> None:
+def check_finite(x: Model, arg: str) -> None:
+    """Refuse NaN/inf in a user tensor (or state dict): a merge of them is no figure at all."""
+    items = x.items() if _is_state_dict(x) else [(None, x)]
+    for name, t in items:
+        if isinstance(t, Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            where = f" tensor {name!r}" if name is not None else ""
+            raise MergeError(f"{arg}:{where} has {bad} NaN/inf value(s) of {t.numel()}; merging needs finite weights")
+
+
+def _check_same(models: Sequence[Model], what: str, names: Sequence[str] | None = None) -> None:
     if not models:
         raise MergeError(f"{what}: need at least one model; got none")
+    for i, m in enumerate(models):
+        check_finite(m, names[i] if names else f"models[{i}]")
     kinds = {_is_state_dict(m) for m in models}
     if len(kinds) > 1:
         raise MergeError(f"{what}: mix of tensors and state dicts; give all of one kind")
@@ -209,6 +221,8 @@ def linear(models: Sequence[Model], weights: Sequence[Param] | None = None, *,
 
 def lerp(a: Model, b: Model, t: Param, *, num_layers: int | None = None) -> Model:
     """``(1 − t)·a + t·b``; ``t`` may be a per-layer schedule (the linear path of the lab)."""
+    check_finite(a, "a")
+    check_finite(b, "b")
     if isinstance(t, (int, float)):
         return linear([a, b], [1.0 - t, float(t)], num_layers=num_layers)
 
@@ -216,7 +230,7 @@ def lerp(a: Model, b: Model, t: Param, *, num_layers: int | None = None) -> Mode
         dtype = _work_dtype(tensors[0])
         return ((1 - t) * tensors[0].to(dtype) + t * tensors[1].to(dtype)).to(tensors[0].dtype)
 
-    _check_same([a, b], "lerp")
+    _check_same([a, b], "lerp", ("a", "b"))
     return _per_tensor(fn, [a, b], {"t": t}, num_layers)
 
 
@@ -262,7 +276,7 @@ def slerp(a: Model, b: Model, t: Param, *, dot_threshold: float = DOT_THRESHOLD,
     (mergekit 0.1.5's ``slerp`` kernel keeps a leading axis, but that axis is its batch of
     tensors: through the registered method each tensor is one vector, exactly as here.)
     """
-    _check_same([a, b], "slerp")
+    _check_same([a, b], "slerp", ("a", "b"))
 
     def fn(tensors: list[Tensor], t: float) -> Tensor:
         return _slerp_tensor(tensors[0], tensors[1], t, dot_threshold, eps)
@@ -273,7 +287,7 @@ def slerp(a: Model, b: Model, t: Param, *, dot_threshold: float = DOT_THRESHOLD,
 # --------------------------------------------------------------------------- task vectors
 def task_vector(base: Model, model: Model) -> Model:
     """``model − base`` (per tensor for state dicts)."""
-    _check_same([base, model], "task_vector")
+    _check_same([base, model], "task_vector", ("base", "model"))
     if _is_state_dict(base):
         return {k: (model[k] - base[k]) if base[k].is_floating_point() else base[k].clone() for k in base}
     return model - base
@@ -292,7 +306,7 @@ def task_arithmetic(base: Model, models: Sequence[Model], weights: Sequence[Para
     ``normalize=True`` divides the sum by ``Σ wᵢ`` (mergekit's option; off by default there too).
     """
     models = list(models)
-    _check_same([base, *models], "task_arithmetic")
+    _check_same([base, *models], "task_arithmetic", ["base", *(f"models[{i}]" for i in range(len(models)))])
     weights = [1.0] * len(models) if weights is None else list(weights)
     if len(weights) != len(models):
         raise MergeError(f"weights: need one per model ({len(models)}); got {len(weights)}")
@@ -311,6 +325,7 @@ def task_arithmetic(base: Model, models: Sequence[Model], weights: Sequence[Para
 
 def trim_magnitude(delta: Tensor, density: float) -> Tensor:
     """Keep the ``density`` fraction of entries with the largest magnitude (at least one), zero the rest."""
+    check_finite(delta, "delta")
     if density >= 1:
         return delta
     if density <= 0 or delta.numel() == 0:
@@ -330,6 +345,7 @@ def drop_random(delta: Tensor, density: float, *, rescale: Literal["inverse", "l
     ``rescale="inverse"``: divide by ``density`` (the paper, PEFT) so the expectation is unchanged;
     ``"l1"``: match the tensor's L1 norm (mergekit); ``"none"``: no rescale.
     """
+    check_finite(delta, "delta")
     if density >= 1:
         return delta
     # the mask is drawn in float32 on CPU (bf16/GPU: the tensor's dtype), as mergekit draws it, so the
@@ -349,6 +365,7 @@ def drop_random(delta: Tensor, density: float, *, rescale: Literal["inverse", "l
 
 def elect_sign(deltas: Tensor) -> Tensor:
     """TIES "elect": the sign of the summed mass per entry (+1 on ties), shape of one delta."""
+    check_finite(deltas, "deltas")
     return torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0).to(deltas.dtype)
 
 
@@ -387,7 +404,7 @@ def ties(base: Model, models: Sequence[Model], weights: Sequence[Param] | None =
     _check_convention(convention)
     _check_unit("density", density, 0.0, 1.0, low_open=True)
     models = list(models)
-    _check_same([base, *models], "ties")
+    _check_same([base, *models], "ties", ["base", *(f"models[{i}]" for i in range(len(models)))])
     weights = [1.0] * len(models) if weights is None else list(weights)
     if len(weights) != len(models):
         raise MergeError(f"weights: need one per model ({len(models)}); got {len(weights)}")
@@ -422,7 +439,7 @@ def dare(base: Model, models: Sequence[Model], weights: Sequence[Param] | None =
         raise MergeError(f"variant: must be linear|ties; got {variant!r}")
     _check_unit("density", density, 0.0, 1.0, low_open=True)
     models = list(models)
-    _check_same([base, *models], "dare")
+    _check_same([base, *models], "dare", ["base", *(f"models[{i}]" for i in range(len(models)))])
     weights = [1.0] * len(models) if weights is None else list(weights)
     if len(weights) != len(models):
         raise MergeError(f"weights: need one per model ({len(models)}); got {len(weights)}")
@@ -460,8 +477,11 @@ def merge(method: str, base: Model | None, a: Model, b: Model, *, t: Param = 0.5
 
     ``t`` is the interpolation position for ``linear``/``slerp`` (0 → ``a``, 1 → ``b``); the task
     vector methods weight ``a`` by ``1 − t`` and ``b`` by ``t`` times 2 (so ``t = 0.5`` gives
-    both weight 1) and scale the sum by ``lam``.
+    both weight 1) and scale the sum by ``lam``. NaN/inf in any model raise a MergeError naming it.
     """
+    for arg, model in (("base", base), ("a", a), ("b", b)):
+        if model is not None:
+            check_finite(model, arg)
     if method == "linear":
         return lerp(a, b, t, num_layers=num_layers)
     if method == "slerp":

@@ -145,6 +145,8 @@ def round_tensor(x: torch.Tensor, fmt: str | FloatFormat) -> torch.Tensor:
 
     Storage formats go through torch's own cast (so fp8 e4m3fn saturates at ±448 as torch does);
     tf32 keeps fp32's exponent and rounds the mantissa to 10 bits, round-to-nearest-even.
+    Non-finite values have a defined result: NaN stays NaN and ±inf stays ±inf, except in fp8
+    e4m3fn (no inf), where ±inf saturates to ±448 as torch's cast does.
     """
     f = get_format(fmt)
     x = x.detach().float()

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from labkit.device import model_mode
-from labkit.precision.formats import FloatFormat, get_format, round_tensor
+from labkit.precision.formats import FloatFormat, FormatError, get_format, round_tensor
 
 __all__ = [
     "KINDS", "format_band", "log2_histogram", "range_fractions", "range_table", "collect_tensors",
@@ -36,10 +36,19 @@ def format_band(fmt: str | FloatFormat) -> dict[str, float]:
     }
 
 
+def _finite(values: torch.Tensor, arg: str) -> torch.Tensor:
+    """``values`` flattened to float64, refused if it holds NaN/inf (no figure can show them)."""
+    x = values.detach().reshape(-1).double()
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise FormatError(f"{arg}: has {bad} NaN/inf value(s) of {x.numel()}; the range analysis needs finite values")
+    return x
+
+
 def log2_histogram(values: torch.Tensor, *, bin_width: float = 1.0, low: float = -64.0,
                    high: float = 32.0, scale: float = 1.0) -> dict[str, Any]:
-    """Histogram of log2|x·scale| over nonzero x; exact zeros are counted apart."""
-    x = values.detach().reshape(-1).double() * scale
+    """Histogram of log2|x·scale| over nonzero x; exact zeros are counted apart (NaN/inf: FormatError)."""
+    x = _finite(values, "values") * scale
     nonzero = x[x != 0]
     logs = torch.log2(nonzero.abs()).clamp(low, high - 1e-9)
     edges = torch.arange(low, high + bin_width / 2, bin_width, dtype=torch.float64)
@@ -54,9 +63,10 @@ def range_fractions(values: torch.Tensor, fmt: str | FloatFormat, scale: float =
 
     ``underflow``: became zero; ``subnormal``: kept with reduced precision; ``normal``; ``overflow``:
     beyond max (inf, or saturated/NaN in e4m3fn). ``zeros`` is the fraction already zero.
+    NaN/inf in ``values`` raise a :class:`FormatError` naming it.
     """
     f = get_format(fmt)
-    x = values.detach().reshape(-1).double() * scale
+    x = _finite(values, "values") * scale
     total = max(x.numel(), 1)
     nonzero = x[x != 0]
     n = max(nonzero.numel(), 1)
@@ -94,7 +104,7 @@ def suggest_loss_scale(gradients: torch.Tensor, fmt: str = "fp16", max_log2: int
     an inf appears, then halves it).
     """
     f = get_format(fmt)
-    g = gradients.detach().reshape(-1).double()
+    g = _finite(gradients, "gradients")
     gmax = float(g.abs().max()) if g.numel() else 0.0
     best = 0
     for k in range(0, max_log2 + 1):

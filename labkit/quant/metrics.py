@@ -14,11 +14,22 @@ import torch
 __all__ = ["error_metrics", "inject_outlier", "outlier_effect"]
 
 
+def _finite(values: torch.Tensor, arg: str) -> torch.Tensor:
+    """``values`` flattened to float64; NaN/inf raise a QuantError naming ``arg`` (no metric of them)."""
+    from labkit.quant.methods import QuantError
+
+    x = values.detach().reshape(-1).double()
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise QuantError(f"{arg}: has {bad} NaN/inf value(s) of {x.numel()}; must be finite")
+    return x
+
+
 def error_metrics(original: torch.Tensor, dequantized: torch.Tensor,
                   mask: torch.Tensor | None = None) -> dict[str, float]:
     """MSE, max |error|, mean |error|, SNR in dB (10·log10(Σx² / Σe²)) over ``mask`` (default all)."""
-    x = original.detach().reshape(-1).double()
-    y = dequantized.detach().reshape(-1).double()
+    x = _finite(original, "original")
+    y = _finite(dequantized, "dequantized")
     if x.shape != y.shape:
         raise ValueError(f"dequantized: shape {tuple(dequantized.shape)} != original {tuple(original.shape)}")
     if mask is not None:
@@ -44,6 +55,7 @@ def inject_outlier(x: torch.Tensor, strength: float, index: int | None = None) -
     """
     if not strength >= 0:
         raise ValueError(f"strength: must be ≥ 0; got {strength}")
+    _finite(x, "x")
     out = x.detach().clone()
     flat = out.view(-1)
     index = flat.numel() // 2 if index is None else int(index)

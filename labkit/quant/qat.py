@@ -24,10 +24,17 @@ __all__ = ["fake_quantize", "FakeQuantLinear", "prepare_qat", "qat_preparer", "c
 
 def fake_quantize(w: torch.Tensor, method: str = "blockwise", *, bits: int = 4, blocksize: int | None = 64,
                   double_quant: bool = False) -> torch.Tensor:
-    """Quantize→dequantize in the forward pass, identity in the backward pass (STE)."""
+    """Quantize→dequantize in the forward pass, identity in the backward pass (STE).
+
+    NaN/inf in ``w`` (a diverged run) give NaN, never a finite wrong weight: absmax/blockwise make
+    NaN of each block that holds one, the other methods of the whole tensor, and the training loop
+    then records a non-finite step.
+    """
     with torch.no_grad():
         if method in ("absmax", "blockwise") and not double_quant:
             q = _int_roundtrip(w.detach().float(), bits, blocksize)
+        elif not bool(torch.isfinite(w).all()):
+            q = torch.full_like(w, float("nan"), dtype=torch.float32)
         else:
             q = quantize(w.detach().float(), method, bits=bits, blocksize=blocksize,
                          double_quant=double_quant).dequantized
