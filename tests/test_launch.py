@@ -4,7 +4,6 @@ Jupyter bound), from a wheel (the notebooks ship as data files), ``--copy``, ``-
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import socket
@@ -118,19 +117,23 @@ def test_the_wheel_ships_every_lab_notebook_and_an_install_finds_them(tmp_path):
     assert shipped == LABS
     assert not [n for n in names if "share/labkit/labs" in n and not n.endswith(".ipynb")]
 
-    prefix = tmp_path / "prefix"
-    installed = subprocess.run([*pip, "install", "--no-deps", "--no-index", "--prefix", str(prefix), str(wheel)],
+    # Into a fresh, empty virtual environment (pip --python): never into the one running the tests,
+    # where pip would first uninstall the editable labkit.
+    venv = tmp_path / "venv"
+    made = subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr[-2000:]
+    python = venv / "bin" / "python"
+    installed = subprocess.run([*pip, "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)],
                                capture_output=True, text=True, timeout=180)
     assert installed.returncode == 0, installed.stderr[-2000:]
-    (site,) = prefix.glob("lib/python*/site-packages")
     probe = ("import labkit, labkit.launch as l; print(labkit.__file__); print(l.labs_dir()); "
              "print(l.copy_labs(__import__('sys').argv[1])[1])")
-    found = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "copied")], capture_output=True, text=True,
-                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)}, timeout=120)
+    found = subprocess.run([str(python), "-c", probe, str(tmp_path / "copied")], capture_output=True, text=True,
+                           cwd=tmp_path, timeout=120)
     assert found.returncode == 0, found.stderr[-2000:]
     module, folder, copied = found.stdout.splitlines()
-    assert module.startswith(str(site))  # the installed copy, not the source tree
-    assert Path(folder) == (prefix / "share" / "labkit" / "labs").resolve()
+    assert module.startswith(str(venv))  # the installed copy, not the source tree
+    assert Path(folder) == (venv / "share" / "labkit" / "labs").resolve()
     assert eval(copied) == LABS
 
 
