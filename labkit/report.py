@@ -338,6 +338,7 @@ def run_report(
     nb = nbformat.read(out_nb, as_version=4)
     failed = _failed_cell_index(nb)
     strip_widgets(nb)
+    scrub_local(nb, src.parent)  # the report and the executed notebook are made to be shared
     nbformat.write(nb, out_nb)
     page, removed = export_html(nb, show_code=show_code, title=src.stem, seconds=seconds)
     out_html.write_text(page, encoding="utf-8")
@@ -373,6 +374,57 @@ def strip_widgets(nb: nbformat.NotebookNode) -> int:
             kept.append(output)
         cell.outputs = kept
     return removed
+
+
+def local_replacements(notebook_dir: str | Path | None = None) -> list[tuple[str, str]]:
+    """``(local string, placeholder)`` pairs, longest first: this machine's paths and env values.
+
+    A shared report must not carry the sharer's folders (home, repository, LABKIT_HOME, Python,
+    the notebook's folder, temp) nor the value of any environment variable (tokens, keys).
+    """
+    import tempfile
+
+    from labkit.home import labkit_home
+
+    pairs: dict[str, str] = {}
+    for name, value in os.environ.items():  # values first: a path below then overrides its value
+        if len(value) >= 8 and not value.isdigit() and name not in ("LABKIT_REPORT", "PLOTLY_RENDERER"):
+            pairs[value] = f"${name}"
+    paths = [(str(Path(__file__).resolve().parent.parent), "<labkit>"), (sys.prefix, "<python>"),
+             (sys.base_prefix, "<python>"), (tempfile.gettempdir(), "<tmp>"), (str(Path.home()), "~"),
+             (str(labkit_home()), "$LABKIT_HOME")]
+    if notebook_dir is not None:
+        paths.append((str(Path(notebook_dir).resolve()), "."))
+    for path, placeholder in paths:
+        for form in {path, str(Path(path).resolve())}:
+            if len(form) > 1:
+                pairs[form] = placeholder
+    return sorted(pairs.items(), key=lambda kv: -len(kv[0]))
+
+
+def scrub_local(nb: nbformat.NotebookNode, notebook_dir: str | Path | None = None) -> None:
+    """Replace local paths and environment values in every cell source and output, in place."""
+    replacements = local_replacements(notebook_dir)
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            for local, placeholder in replacements:
+                if local in value:
+                    value = value.replace(local, placeholder)
+            return value
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, dict):
+            return type(value)({k: clean(v) for k, v in value.items()})
+        return value
+
+    for cell in nb.cells:
+        cell.source = clean(cell.source)
+        if cell.cell_type == "code":
+            cell.outputs = [nbformat.from_dict(clean(dict(o))) for o in cell.get("outputs", [])]
+    papermill = nb.metadata.get("papermill")
+    if papermill:
+        nb.metadata["papermill"] = nbformat.from_dict(clean(dict(papermill)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -177,6 +177,18 @@ def quantization_config(quantization: dict[str, Any]) -> BitsAndBytesConfig:
         raise ValueError(f"quantization: {exc}") from exc
 
 
+def _refuse_pickle_only(name_or_path: str) -> None:
+    """A local folder must hold ``*.safetensors`` weights; pickled ones (``*.bin``, ``*.pt``) are refused."""
+    if not isinstance(name_or_path, (str, Path)) or str(name_or_path) in _BUILDERS:
+        return
+    folder = Path(str(name_or_path)).expanduser()
+    if folder.is_dir() and not any(folder.glob("*.safetensors")):
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+        found = f" (found {', '.join(pickled)}: pickle, which can run code when loaded)" if pickled else ""
+        raise ModelNotFoundError(f"model: folder {folder} has no *.safetensors weights{found}; labkit loads "
+                                 "only safetensors (convert with safetensors.torch.save_file)")
+
+
 def load_model(
     name_or_path: str,
     *,
@@ -191,7 +203,9 @@ def load_model(
     """
     dtype = _as_dtype(dtype, "dtype")
     target = resolve_device(device)
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    _refuse_pickle_only(name_or_path)
+    # safetensors only: a pickled checkpoint (pytorch_model.bin) can run code when it is loaded
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
     if quantization:
         kwargs["quantization_config"] = quantization_config(quantization)
         # bitsandbytes quantizes while loading, straight onto the target device
