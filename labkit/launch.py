@@ -14,8 +14,10 @@ import os
 import secrets
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import webbrowser
 from dataclasses import dataclass
@@ -197,8 +199,23 @@ def launch_lab(directory: str | None = None, *, port: int = 8888, dry_run: bool 
     if server.port != port:
         print(f"Port {port} is taken; JupyterLab bound {server.port}.")
     print(f"Open {server.url}", flush=True)
-    while True:
-        try:
-            return server.process.wait()
-        except KeyboardInterrupt:  # Jupyter got the Ctrl-C too and asks or shuts down itself
-            continue
+    return wait_for(server)
+
+
+def wait_for(server: LabServer) -> int:
+    """Wait for the server to exit; a SIGTERM to labkit shuts it down too (no orphaned server)."""
+    def on_term(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        while True:
+            try:
+                return server.process.wait()
+            except KeyboardInterrupt:  # Jupyter got the Ctrl-C too and asks or shuts down itself
+                continue
+    finally:
+        server.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -132,7 +132,8 @@ def _records(runs: Path) -> dict[int, tuple[Path, bytes]]:
     return found
 
 
-def test_kill_9_mid_point_and_mid_write_then_rerun_and_a_concurrent_sweep(tmp_path):
+def test_kill_9_mid_point_and_mid_write_then_rerun_and_a_concurrent_sweep(tmp_path, tiny):
+    """(``tiny``: built in this process first, so no subprocess spends its time pretraining it.)"""
     runs = tmp_path / "runs"
 
     # 1. Killed inside a training step of the second point (rank 2): rank 1 is stored, rank 2 is not.
