@@ -50,6 +50,7 @@ def runs_with_rows(sql: str) -> bool:
 
 def best_of_n(model: Any, tokenizer: Any, examples: Sequence[dict[str, Any]], n: int = 4, *,
               temperature: float = 0.8, seed: int = 0, greedy: Sequence[str] | None = None,
+              max_new_tokens: int = MAX_NEW_TOKENS,
               scorer: Callable[[dict[str, Any], list[str]], list[float]] | None = None) -> dict[str, Any]:
     """Execution accuracy of the pickers above over ``examples`` (``greedy``: answers already made).
 
@@ -59,10 +60,12 @@ def best_of_n(model: Any, tokenizer: Any, examples: Sequence[dict[str, Any]], n:
     from labkit.tasks.evaluate import generate_answers
 
     examples = list(examples)
-    greedy = list(greedy) if greedy is not None else generate_answers(model, tokenizer, examples)
+    greedy = list(greedy) if greedy is not None else generate_answers(model, tokenizer, examples,
+                                                                               max_new_tokens=max_new_tokens)
     hits = {"greedy": 0, "runs": 0, "oracle": 0, **({"reward": 0} if scorer else {})}
     for i, (ex, first) in enumerate(zip(examples, greedy)):
-        samples = [first] + sample_answers(model, tokenizer, ex, n - 1, temperature=temperature, seed=seed + i) \
+        samples = [first] + sample_answers(model, tokenizer, ex, n - 1, temperature=temperature, seed=seed + i,
+                                              max_new_tokens=max_new_tokens) \
             if n > 1 else [first]
         correct = [execution_match(s, ex["output"]) for s in samples]
         hits["greedy"] += correct[0]

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from labkit.device import resolve_device
-from labkit.prefs.dpo import DPOLoss, check_beta, pair_batches, pair_logps, preference_accuracy, tokenize_pairs
+from labkit.prefs.dpo import DPOLoss, check_beta, pair_batches, pair_logps, tokenize_pairs
 from labkit.tasks.formatting import pad_token_id
 from labkit.train import RunStore, TrainConfig, train
 from labkit.train.engine import prepare_for_training
@@ -63,9 +63,17 @@ def dpo(sft_model: torch.nn.Module, tokenizer: Any, pairs: Sequence[dict[str, An
 
 
 def dpo_report(run: DPORun, tokenizer: Any, eval_pairs: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Held-out preference accuracy of the SFT model (adapters off) and of the DPO policy."""
+    """Held-out preference accuracy of the SFT model (adapters off) and of the DPO policy.
+
+    ``logratios``: each pair's (log π − log π_ref) for chosen and rejected (the β panel's input).
+    """
     pairs = list(eval_pairs)
     reference = pair_logps(run.model, tokenizer, pairs, adapters=False)
+    policy = pair_logps(run.model, tokenizer, pairs)
+    logratios = (policy[0] - reference[0], policy[1] - reference[1])
+    margins = run.beta * (logratios[0] - logratios[1])
+    after = {"logp_accuracy": float((policy[0] > policy[1]).float().mean()),
+             "chosen_logps": float(policy[0].mean()), "rejected_logps": float(policy[1].mean()),
+             "reward_accuracy": float((margins > 0).float().mean()), "margin": float(margins.mean()), "n": len(pairs)}
     before = {"logp_accuracy": float((reference[0] > reference[1]).float().mean())}
-    after = preference_accuracy(run.model, tokenizer, pairs, reference=reference, beta=run.beta)
-    return {"sft": before, "dpo": after, "beta": run.beta}
+    return {"sft": before, "dpo": after, "beta": run.beta, "logratios": logratios}
