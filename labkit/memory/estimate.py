@@ -155,7 +155,7 @@ def activation_bytes(arch: ArchInfo, setup: MemorySetup, method: str = "formula"
 
 
 def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
-             keeps_logits: bool | None = None) -> Breakdown:
+             keeps_logits: bool | None = None, loss_chunk: int = 0) -> Breakdown:
     """Estimate every component for ``setup`` (per device) and the peak over the step's moments.
 
     ``keeps_logits``: whether the training loop holds the model output through backward
@@ -163,9 +163,15 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
     "unknown": the point estimate then assumes a Trainer-style loop (output dropped) and the upper
     bound assumes the logits are kept in fp32 (transformers < 4.46 returned fp32 logits).
     ``info["upper"]`` is the bound a verdict (``fits`` / ``margin``) is made from.
+    ``loss_chunk``: the engine's chunked loss (``TrainConfig.loss_chunk``; 0: off): no output logits,
+    so the logits term is the hidden states kept for the head, and one chunk's logits are the transient.
     """
     if keeps_logits not in (None, True, False):
         raise ValueError(f"keeps_logits: must be True, False or None; got {keeps_logits!r}")
+    if isinstance(loss_chunk, bool) or not isinstance(loss_chunk, int) or loss_chunk < 0:
+        raise ValueError(f"loss_chunk: must be an integer >= 0 (0: off); got {loss_chunk!r}")
+    if loss_chunk and setup.trains:
+        keeps_logits = False  # the chunked loss returns no logits to keep
     arch = _arch(model)
     validate_against(arch, setup)
     n = max(1, setup.gpus)
@@ -187,6 +193,9 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
     kv = F.kv_cache_bytes(arch, setup)
     comp = {"weights": W, "gradients": G, "optimizer": O, "activations": A, "logits": L, "kv_cache": kv}
     trans = transients(arch, setup, keeps_logits=bool(keeps_logits))
+    if loss_chunk and setup.trains:
+        L, trans = _chunked_logits(arch, setup, loss_chunk, trans)
+        comp["logits"] = L
     moments = moments_from(comp, setup, trans)
     at, peak = peak_of(moments)
     overhead = (CUDA_CONTEXT + int(FRAGMENTATION * peak)) if setup.device == "cuda" else 0
@@ -209,6 +218,23 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
                                                                            if setup.device == "cuda" else 0)),
                            "upper": upper, "assumes": {"loss_path": LOSS_PATH,
                                                        "keeps_logits": keeps_logits}})
+
+
+def _chunked_logits(arch: ArchInfo, setup: MemorySetup, chunk: int,
+                    trans: dict[str, int]) -> tuple[int, dict[str, int]]:
+    """The loss head under :func:`labkit.train.step.chunked_lm_loss`, at most every position a target.
+
+    Kept for backward: the selected hidden states (b·s, h) in the compute dtype and the int64
+    targets; each chunk's logits live only inside its forward, and its backward recomputes them:
+    live_logits and dlogits (and the saved log_softmax, now a transient) scale to ``chunk`` rows.
+    """
+    tok = setup.batch * setup.seq
+    rows = min(tok, chunk)
+    kept = tok * arch.hidden * logits_dtype_bytes(setup) + tok * 8
+    trans = dict(trans)
+    trans["live_logits"] = F.logits_live_bytes(arch, setup) * rows // tok
+    trans["dlogits"] = rows * arch.vocab * (8 + 4)  # two gradients + the recomputed log_softmax, fp32
+    return kept, trans
 
 
 def upper_bound(arch: ArchInfo, setup: MemorySetup, comp: dict[str, int], trans: dict[str, int], peak: int,

@@ -92,6 +92,12 @@ class TrainConfig:
     grad_accum: int = field(default=1, metadata=option("micro-batches accumulated per optimizer step"))
     seq_len: int = field(default=256, metadata=option("tokens per example (longer ones are cut), an integer >= 8",
                                                       flags=("--seq-len", "--seq")))
+    packing: bool = field(default=False, metadata=option(
+        "pack each micro-batch's examples end to end (per-example positions, no attention across "
+        "examples) into rows of at most --seq-len tokens instead of padding them", flags=("--packing",)))
+    loss_chunk: int = field(default=0, metadata=option(
+        "0: the full logits; N >= 1: LM head + cross-entropy on answer positions only, N at a time "
+        "(recomputed in backward), so the b*s*V logits are never whole"))
     grad_checkpointing: bool = field(default=False, metadata=option(
         "gradient checkpointing: recompute activations in the backward pass", flags=("--checkpointing",)))
     parallel: str = field(default="ddp", metadata=option(
@@ -139,6 +145,9 @@ class TrainConfig:
         _int_range("warmup_steps", self.warmup_steps, 0, 10_000_000)
         _int_range("eval_examples", self.eval_examples, 0, 1_000_000)
         _int_range("max_new_tokens", self.max_new_tokens, 1, 100_000)
+        _int_range("loss_chunk", self.loss_chunk, 0, 100_000_000)
+        if not isinstance(self.packing, bool):
+            raise ConfigError("packing", "true or false", self.packing)
         if self.train_examples is not None:
             _int_range("train_examples", self.train_examples, 1, 100_000_000)
         if self.train_file is not None and (not isinstance(self.train_file, str) or not self.train_file.strip()):
@@ -231,6 +240,9 @@ class TrainConfig:
             from labkit.models.tiny import RECIPE
 
             data["base_recipe"] = RECIPE
+        for name, off in (("packing", False), ("loss_chunk", 0)):  # newer options: off keeps old keys
+            if data[name] == off:
+                del data[name]
         if self.train_file is None:
             del data["train_file"]  # runs stored before the option existed keep their keys
         elif Path(self.train_file).is_file():

@@ -71,6 +71,53 @@ def eval_examples(config: TrainConfig) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def pack(features: list[dict[str, list[int]]], pad_id: int, width: int | None = None) -> dict[str, torch.Tensor]:
+    """The examples of one micro-batch packed end to end, without padding between them.
+
+    Each example keeps its own ``position_ids`` (0, 1, … from its first token), so attention does
+    not cross example boundaries (transformers turns packed position ids into a block-causal
+    mask) and RoPE sees the positions a padded row would. ``width``: the most tokens per row
+    (``None``: one row); examples are placed first-fit, longest first, and a row's unused end is
+    a padding segment of its own (labels -100, ``segment_ids`` -1). Each example's first label
+    is masked: in a packed row the token before it belongs to another example. The prompt stays
+    masked exactly as in :func:`labkit.tasks.collate`.
+    """
+    if not features:
+        raise ValueError("features: must hold at least one example; got an empty list")
+    longest = max(len(f["input_ids"]) for f in features)
+    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < longest):
+        raise ValueError(f"width: must be an integer >= the longest example ({longest} tokens) or None; got {width!r}")
+    rows: list[list[dict[str, list[int]]]] = []
+    room: list[int] = []
+    for f in sorted(features, key=lambda f: -len(f["input_ids"])) if width is not None else features:
+        n = len(f["input_ids"])
+        row = next((i for i, free in enumerate(room) if free >= n), None) if width is not None else (0 if rows else None)
+        if row is None:
+            rows.append([])
+            room.append(width if width is not None else 0)
+            row = len(rows) - 1
+        rows[row].append(f)
+        room[row] -= n
+    row_width = max(sum(len(f["input_ids"]) for f in r) for r in rows)
+    shape = (len(rows), row_width)
+    ids = torch.full(shape, int(pad_id), dtype=torch.long)
+    labels = torch.full(shape, -100, dtype=torch.long)
+    positions = torch.zeros(shape, dtype=torch.long)
+    segments = torch.full(shape, -1, dtype=torch.long)
+    for i, r in enumerate(rows):
+        at = 0
+        for j, f in enumerate(r):
+            n = len(f["input_ids"])
+            ids[i, at : at + n] = torch.tensor(f["input_ids"], dtype=torch.long)
+            labels[i, at : at + n] = torch.tensor(f.get("labels", f["input_ids"]), dtype=torch.long)
+            labels[i, at] = -100
+            positions[i, at : at + n] = torch.arange(n)
+            segments[i, at : at + n] = j
+            at += n
+        positions[i, at:] = torch.arange(row_width - at)  # the padding restarts: a segment of its own
+    return {"input_ids": ids, "labels": labels, "position_ids": positions, "segment_ids": segments}
+
+
 def batches(
     features: list[dict[str, list[int]]],
     batch_size: int,
@@ -78,20 +125,25 @@ def batches(
     seed: int,
     rank: int = 0,
     world_size: int = 1,
+    packing: bool = False,
+    pack_width: int | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Endless shuffled micro-batches: a fresh permutation per epoch, fixed by ``seed``.
 
     With several processes (DDP) each takes every ``world_size``-th batch of the same order,
     so together they see exactly what one process with a bigger batch would. Fewer features
-    than ``batch_size`` is refused at once (no full batch could ever be drawn).
+    than ``batch_size`` is refused at once (no full batch could ever be drawn). ``packing``:
+    the same examples, packed by :func:`pack` into rows of at most ``pack_width`` tokens instead
+    of padded to the longest.
     """
     if len(features) < batch_size:
         raise ValueError(f"batch_size: must be at most the {len(features)} training examples; got {batch_size}")
-    return _batches(features, batch_size, pad_id, seed, rank, world_size)
+    return _batches(features, batch_size, pad_id, seed, rank, world_size, packing, pack_width)
 
 
 def _batches(
-    features: list[dict[str, list[int]]], batch_size: int, pad_id: int, seed: int, rank: int, world_size: int
+    features: list[dict[str, list[int]]], batch_size: int, pad_id: int, seed: int, rank: int, world_size: int,
+    packing: bool = False, pack_width: int | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     from labkit.tasks import collate
 
@@ -101,5 +153,6 @@ def _batches(
         order = torch.randperm(len(features), generator=generator).tolist()
         for start in range(0, len(order) - batch_size + 1, batch_size):
             if index % world_size == rank:
-                yield collate([features[i] for i in order[start : start + batch_size]], pad_id)
+                chosen = [features[i] for i in order[start : start + batch_size]]
+                yield pack(chosen, pad_id, pack_width) if packing else collate(chosen, pad_id)
             index += 1

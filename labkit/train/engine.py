@@ -33,6 +33,7 @@ from labkit.train.step import (
     StepResult,
     StepSettings,
     causal_lm_loss,
+    chunked_lm_loss,
     count_tokens,
     loss_scale,
     model_loss,
@@ -118,7 +119,7 @@ class _Run:
         self.config, self.base, self.given_model, self.batches = config, base, model, batches
         self.hooks, self.callbacks, self.progress, self.prepare = hooks, callbacks, progress, prepare
         self.device, self.store, self.raise_errors = device, store, raise_errors
-        self.loss_fn = loss_fn or model_loss
+        self.loss_fn = loss_fn or (chunked_lm_loss(config.loss_chunk) if config.loss_chunk else model_loss)
         self.model: torch.nn.Module | None = None
         self.tokenizer: Any = None
 
@@ -182,12 +183,14 @@ class _Run:
             no_sync=lambda last: dist.maybe_no_sync(self.wrapped, last),
             reduce=dist.mean,
         )
+        if config.loss_chunk and dist.enabled:  # it calls the decoder and head directly, past DDP/FSDP's wrapper
+            raise ConfigError("loss_chunk", "0 when training on several processes", config.loss_chunk)
         if self.batches is not None:
             self.stream = self.batches
         else:
             features = training_features(self.tokenizer, config)
             self.stream = batches(features, config.batch_size, self.tokenizer.pad_token_id, config.seed,
-                                  dist.rank, dist.world_size)
+                                  dist.rank, dist.world_size, packing=config.packing, pack_width=config.seq_len)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 

@@ -37,10 +37,72 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, n_targets: int) -
                            reduction="sum") / max(n_targets, 1)
 
 
+def _model_inputs(batch: Batch) -> dict[str, torch.Tensor | bool | None]:
+    """The forward's keyword arguments; a packed batch brings ``position_ids`` and no attention mask.
+
+    With per-example ``position_ids`` and no 2D mask, transformers builds a block-causal mask (no
+    attention across example boundaries) — but only without a KV cache, hence ``use_cache=False``.
+    """
+    inputs: dict[str, torch.Tensor | bool | None] = {"input_ids": batch["input_ids"],
+                                                     "attention_mask": batch.get("attention_mask")}
+    if "position_ids" in batch:
+        inputs["position_ids"] = batch["position_ids"]
+        inputs["use_cache"] = False
+    return inputs
+
+
 def model_loss(model: torch.nn.Module, batch: Batch, n_targets: int) -> torch.Tensor:
-    """Forward a batch (``input_ids``, optional ``attention_mask``, ``labels``) and return its loss."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+    """Forward a batch (``input_ids``, optional ``attention_mask``/``position_ids``, ``labels``) → loss."""
+    logits = model(**_model_inputs(batch)).logits
     return causal_lm_loss(logits, batch["labels"], n_targets)
+
+
+def _head_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``(decoder, lm_head)`` of a causal LM, through a peft wrapper; refuses what it cannot split."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(causal, "config", None)
+    head = causal.get_output_embeddings() if hasattr(causal, "get_output_embeddings") else None
+    decoder = getattr(causal, getattr(causal, "base_model_prefix", "model"), None)
+    odd = [name for name in ("final_logit_softcapping", "logit_scale", "logits_scaling")
+           if getattr(config, name, None) not in (None, 1.0)]
+    if head is None or decoder is None or decoder is causal or odd:
+        raise ValueError(f"loss_chunk: must be 0 for {type(causal).__name__} (its logits are not lm_head(hidden)"
+                         f"{': ' + ', '.join(odd) if odd else ''}); got a chunked loss")
+    return decoder, head
+
+
+def _chunk_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+
+def chunked_lm_loss(chunk: int) -> LossFn:
+    """The loss of :func:`model_loss` without the ``b·s·V`` fp32 logits.
+
+    The decoder gives the hidden states; the LM head and the cross-entropy run only on the
+    positions that predict an answer token (prompt and padding positions need no logits), ``chunk``
+    positions at a time under activation checkpointing, so backward recomputes one chunk's logits
+    at a time: the largest tensor of the step becomes ``chunk·V`` instead of ``b·s·V``. Same sum,
+    same normalisation: equal to :func:`causal_lm_loss` up to float rounding.
+    """
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk: must be an integer >= 1; got {chunk!r}")
+    from torch.utils.checkpoint import checkpoint
+
+    def loss_fn(model: torch.nn.Module, batch: Batch, n_targets: int) -> torch.Tensor:
+        decoder, head = _head_parts(model)
+        inputs = _model_inputs(batch)
+        hidden = decoder(**inputs).last_hidden_state
+        next_tokens = F.pad(batch["labels"][:, 1:], (0, 1), value=-100).flatten()
+        where = (next_tokens != -100).nonzero().squeeze(1)
+        hidden, targets = hidden.flatten(0, 1).index_select(0, where), next_tokens.index_select(0, where)
+        total = hidden.sum() * 0.0  # keeps the graph (and a zero) when no position has a target
+        for start in range(0, len(targets), chunk):
+            piece = slice(start, start + chunk)
+            total = total + checkpoint(_chunk_loss, head, hidden[piece], targets[piece], use_reentrant=False)
+        return total / max(n_targets, 1)
+
+    loss_fn.chunk = chunk  # type: ignore[attr-defined]
+    return loss_fn
 
 
 def count_targets(micro_batches: Sequence[Batch]) -> int:
@@ -48,10 +110,17 @@ def count_targets(micro_batches: Sequence[Batch]) -> int:
     return sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches)
 
 
+def _real_tokens(batch: Batch) -> int:
+    if batch.get("attention_mask") is not None:
+        return int(batch["attention_mask"].sum())
+    if "segment_ids" in batch:  # a packed batch: -1 marks the padding at the end of a row
+        return int((batch["segment_ids"] >= 0).sum())
+    return batch["input_ids"].numel()
+
+
 def count_tokens(micro_batches: Sequence[Batch]) -> int:
     """Real (non-padding) tokens across the effective batch."""
-    return sum(int(b["attention_mask"].sum()) if b.get("attention_mask") is not None else b["input_ids"].numel()
-               for b in micro_batches)
+    return sum(_real_tokens(b) for b in micro_batches)
 
 
 @dataclass
