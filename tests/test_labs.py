@@ -95,11 +95,33 @@ CHECKS = {
         ("Spider's exact set match accepts renamed aliases, the string match does not",
          lambda r: r["renamed_aliases_exact_set_match"] == 1 and r["renamed_aliases_exact_string"] == 0),
     ],
+    "08_preference": [
+        ("pairs from all four rules, held-out pairs too",
+         lambda r: r["rules_used"] == 4 and r["train_pairs"] > 0 and r["eval_pairs"] > 0),
+        ("DPO runs through the engine and starts at log 2",
+         lambda r: r["dpo_status"] == "ok" and abs(r["dpo_first_loss"] - math.log(2)) < 1e-3),
+        ("the DPO policy ranks chosen above rejected more often than chance",
+         lambda r: r["reward_acc_dpo"] > 0.5 and 0 <= r["pref_acc_sft"] <= 1),
+        ("a small beta keeps the loss near log 2, a larger one saturates more pairs",
+         lambda r: abs(r["loss_small_beta"] - math.log(2)) < 0.05 and r["saturated_large_beta"] > r["saturated_small_beta"]),
+        ("the reward model ranks held-out pairs better than chance", lambda r: 0.5 < r["reward_model_accuracy"] <= 1),
+        ("best-of-n's oracle is at least greedy", lambda r: r["ex_best_of_n_oracle"] >= r["ex_sft"]),
+    ],
+    "09_evaluation": [
+        ("harness scores are fractions, chance is 1/4",
+         lambda r: 0 <= r["mc_acc"] <= 1 and 0 <= r["mc_acc_norm"] <= 1 and abs(r["mc_chance"] - 0.25) < 1e-9),
+        ("perplexity is finite and above 1", lambda r: _finite(r["perplexity"]) and r["perplexity"] > 1),
+        ("the judge is measured in both positions",
+         lambda r: 0 <= r["judge_position_a_rate"] <= 1 and 0 <= r["judge_agreement"] <= r["judge_consistency"] <= 1),
+        ("training on the benchmark raises its score", lambda r: r["leak_status"] == "ok"
+         and r["leaked_after"] > r["leaked_before"]),
+    ],
 }
 
 
-def test_there_are_eight_labs():
-    assert [p.stem[:2] for p in LABS] == [f"{i:02d}" for i in range(8)], [p.name for p in LABS]
+def test_the_labs_are_numbered_in_order():
+    assert [p.stem[:2] for p in LABS] == [f"{i:02d}" for i in range(len(LABS))] and len(LABS) >= 9, \
+        [p.name for p in LABS]
 
 
 @pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)
