@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ipywidgets as widgets
+import numpy as np
 import plotly.graph_objects as go
 import torch
 import traitlets
@@ -188,7 +189,8 @@ class QuantPlayground(Panel):
             self.fig.data[0].x, self.fig.data[0].y, self.fig.data[0].width = view.centers, view.hist_original, view.width
             self.fig.data[1].x, self.fig.data[1].y, self.fig.data[1].width = (view.centers, view.hist_dequantized,
                                                                              view.width)
-            self.fig.data[2].x, self.fig.data[2].y = view.error_x, view.error_y
+            # numpy arrays: plotly validates a list element by element (most of a change's time)
+            self.fig.data[2].x, self.fig.data[2].y = np.asarray(view.error_x), np.asarray(view.error_y)
         res, mt = view.result, view.metrics
         self.summary.value = html.escape(t(
             "quant.summary", method=m.method, bits=res.bits, block=res.blocksize or t("quant.per_tensor"),
