@@ -270,7 +270,7 @@ def validate_against(arch: ArchInfo, setup: MemorySetup) -> None:
     from labkit.memory.setup import SetupError
 
     if setup.method in ("lora", "qlora"):
-        targets = F.targets_for(arch, setup)
+        targets = setup.lora.targets_for(arch.model_type)
         lins = arch.linears_matching(targets)
         if not lins:
             names = ", ".join(sorted({lin.name.split(".")[-1] for lin in arch.block_linears}))

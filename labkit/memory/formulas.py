@@ -29,22 +29,17 @@ from labkit.memory.setup import MemorySetup
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "int64": 8, "bool": 1}
 
 
-def targets_for(arch: ArchInfo, setup: MemorySetup) -> tuple[str, ...] | str:
-    """peft target_modules; labkit's default (q/k/v/o) maps to the architecture's own attention names."""
-    return setup.lora.targets_for(arch.model_type)
-
-
 # ---------------------------------------------------------------------------------------------
 # Parameters
 # ---------------------------------------------------------------------------------------------
 def lora_params(arch: ArchInfo, setup: MemorySetup) -> int:
     """r·(fan_in + fan_out) per adapted linear, per layer."""
-    lins = arch.linears_matching(targets_for(arch, setup))
+    lins = arch.linears_matching(setup.lora.targets_for(arch.model_type))
     return arch.layers * sum(setup.rank * (lin.fan_in + lin.fan_out) for lin in lins)
 
 
 def lora_tensors(arch: ArchInfo, setup: MemorySetup) -> int:
-    return arch.layers * 2 * len(arch.linears_matching(targets_for(arch, setup)))
+    return arch.layers * 2 * len(arch.linears_matching(setup.lora.targets_for(arch.model_type)))
 
 
 def quantized_linear_params(arch: ArchInfo) -> list[int]:
@@ -132,7 +127,7 @@ def _trainable_numels(arch: ArchInfo, setup: MemorySetup) -> list[int]:
     if setup.method == "full":
         return list(arch.param_numels)
     out = []
-    for lin in arch.linears_matching(targets_for(arch, setup)):
+    for lin in arch.linears_matching(setup.lora.targets_for(arch.model_type)):
         out += [setup.rank * lin.fan_in, setup.rank * lin.fan_out] * arch.layers
     return out
 
@@ -167,7 +162,7 @@ class _Walk:
         self.amp = setup.amp
         self.full = setup.method == "full"
         self.qlora = setup.method == "qlora"
-        self.targets = {lin.name for lin in arch.linears_matching(targets_for(arch, setup))} \
+        self.targets = {lin.name for lin in arch.linears_matching(setup.lora.targets_for(arch.model_type))} \
             if not self.full else set()
         self.r = setup.rank
         self.cpu = setup.device == "cpu"
