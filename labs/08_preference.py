@@ -32,7 +32,7 @@
 
 # %% tags=["parameters"]
 SMOKE = False  # True: tiny sizes (CI, a quick look); False: workshop sizes
-MODEL = "tiny"  # "smollm2-135m" for the real model (slower on a CPU)
+MODEL = "smollm2-135m"  # "tiny" in smoke mode; any HF id or local folder works too
 SEED = 0
 LANGUAGE = "en"  # "ko": panel labels and help in Korean
 REUSE_RUNS = True  # reuse finished training runs from the run store (LABKIT_HOME/runs)
@@ -202,7 +202,7 @@ takeaway("Preference tuning needs pairs and a reference: DPO turns them into a c
 # ## Try this
 #
 # - `BETA = 0.5` or `0.02`: does the held-out accuracy change, or only the margins?
-# - `MODEL = "smollm2-135m"`: the same lab on a real model (slower).
+# - `MODEL = "tiny"`: the same lab in a few minutes on a CPU.
 # - Fewer rules: `pairs_for(records["train"], SEED, rules=("invented_table",))` — the easy pairs only.
 
 # %% [markdown]

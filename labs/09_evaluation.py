@@ -160,6 +160,13 @@ takeaway("Score choices by likelihood, not parsed text; check a judge against gr
          "a benchmark the model trained on measures memory, not skill.")
 
 # %% [markdown]
+# ## Try this
+#
+# - Change `PER_TEMPLATE`: how many questions does the acc / acc_norm gap need before it is stable?
+# - Raise `LEAK_STEPS`: the leaked templates reach 1.0 — do the held-out ones move at all?
+# - `MODEL = "tiny"` vs `"smollm2-135m"` as the judge: agreement with execution, and the position bias.
+
+# %% [markdown]
 # ## Glossary · 용어집
 
 # %%
