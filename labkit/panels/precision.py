@@ -105,6 +105,17 @@ def parse_value(text: str) -> float:
         raise PanelError(t("prec.bad_value", v=text)) from None
 
 
+class SignedFloat(traitlets.Float):
+    """A Float trait that also notifies 0.0 → -0.0 (traitlets compares with ==, and -0.0 == 0.0)."""
+
+    def set(self, obj: traitlets.HasTraits, value: Any) -> None:
+        old = obj._trait_values.get(self.name, self.default_value)
+        super().set(obj, value)
+        new = obj._trait_values[self.name]
+        if old == new == 0 and math.copysign(1.0, old) != math.copysign(1.0, new):
+            obj._notify_trait(self.name, old, new)
+
+
 class FormatExplorerModel(traitlets.HasTraits):
     """The explorer's state: a number, its binary exponent (kept in step), the formats shown.
 
@@ -113,7 +124,7 @@ class FormatExplorerModel(traitlets.HasTraits):
     :func:`labkit.precision.decompose.decompose` and :mod:`labkit.precision.ranges`.
     """
 
-    value = traitlets.Float(0.1)
+    value = SignedFloat(0.1)
     exponent = traitlets.Int(0)
     formats = traitlets.Tuple()  # empty → every format
     EXPONENT_RANGE = (-40, 40)
@@ -331,10 +342,14 @@ class RangeModel(traitlets.HasTraits):
         if values is None or values.numel() == 0:
             raise PanelError(t("prec.no_tensor", kind=self.kind))
         scale = 2.0 ** self.scale_log2
-        hist = log2_histogram(values, scale=scale, bin_width=self.BIN, low=self.LOW, high=self.HIGH)
+        try:
+            hist = log2_histogram(values, scale=scale, bin_width=self.BIN, low=self.LOW, high=self.HIGH)
+            fractions = range_fractions(values, self.fmt, scale)
+        except FormatError as error:  # NaN/inf in the tensor: no histogram can show them
+            raise PanelError(f"kind: the {self.kind} tensor must hold finite values ({error})") from None
         edges = hist["edges"]
         return {"centers": [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])], "counts": list(hist["counts"]),
-                "fractions": range_fractions(values, self.fmt, scale), "band": self.band()}
+                "fractions": fractions, "band": self.band()}
 
 
 class RangePanel(Panel):
