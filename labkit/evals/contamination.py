@@ -13,8 +13,9 @@ from typing import Any, Sequence
 import torch
 
 from labkit.evals.harness import mc_prompt
-from labkit.tasks.formatting import collate, pad_token_id
+from labkit.tasks.formatting import pad_token_id
 from labkit.train import TrainConfig, train
+from labkit.train.data import batches
 from labkit.train.engine import prepare_for_training
 from labkit.train.records import RunRecord
 
@@ -22,14 +23,6 @@ from labkit.train.records import RunRecord
 def leak_texts(questions: Sequence[dict[str, Any]]) -> list[str]:
     """The benchmark items as training text, in the harness's own layout."""
     return [f"{mc_prompt(q['question'])} {q['answer']}" for q in questions]
-
-
-def _stream(features: list[dict[str, list[int]]], batch_size: int, pad: int, seed: int):
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        order = torch.randperm(len(features), generator=generator).tolist()
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield collate([features[i] for i in order[start: start + batch_size]], pad)
 
 
 def contaminate(model: torch.nn.Module, tokenizer: Any, questions: Sequence[dict[str, Any]], *, steps: int = 30,
@@ -44,6 +37,6 @@ def contaminate(model: torch.nn.Module, tokenizer: Any, questions: Sequence[dict
                          extra={"objective": "contamination"})
     leaked = prepare_for_training(copy.deepcopy(model), config, next(model.parameters()).device)
     features = [{"input_ids": list(tokenizer(t, add_special_tokens=False)["input_ids"])} for t in texts]
-    record = train(config, model=leaked, batches=_stream(features, batch_size, pad_token_id(tokenizer), seed),
+    record = train(config, model=leaked, batches=batches(features, batch_size, pad_token_id(tokenizer), seed),
                    progress=False, raise_errors=True)
     return record, leaked
