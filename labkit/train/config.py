@@ -94,7 +94,7 @@ class TrainConfig:
                                                       flags=("--seq-len", "--seq")))
     packing: bool = field(default=False, metadata=option(
         "pack each micro-batch's examples end to end (per-example positions, no attention across "
-        "examples) into rows of at most --seq-len tokens instead of padding them", flags=("--packing",)))
+        "examples) into rows no wider than its longest example instead of padding them", flags=("--packing",)))
     loss_chunk: int = field(default=0, metadata=option(
         "0: the full logits; N >= 1: LM head + cross-entropy on answer positions only, N at a time "
         "(recomputed in backward), so the b*s*V logits are never whole"))

@@ -133,8 +133,9 @@ def batches(
     With several processes (DDP) each takes every ``world_size``-th batch of the same order,
     so together they see exactly what one process with a bigger batch would. Fewer features
     than ``batch_size`` is refused at once (no full batch could ever be drawn). ``packing``:
-    the same examples, packed by :func:`pack` into rows of at most ``pack_width`` tokens instead
-    of padded to the longest.
+    the same examples, packed by :func:`pack` into rows of at most ``pack_width`` tokens (default:
+    the micro-batch's longest example, so no row is wider than the padded batch) instead of padded
+    to the longest.
     """
     if len(features) < batch_size:
         raise ValueError(f"batch_size: must be at most the {len(features)} training examples; got {batch_size}")
@@ -154,5 +155,8 @@ def _batches(
         for start in range(0, len(order) - batch_size + 1, batch_size):
             if index % world_size == rank:
                 chosen = [features[i] for i in order[start : start + batch_size]]
-                yield pack(chosen, pad_id, pack_width) if packing else collate(chosen, pad_id)
+                if not packing:
+                    yield collate(chosen, pad_id)
+                else:  # rows no wider than the longest example: attention never costs more than padded
+                    yield pack(chosen, pad_id, pack_width or max(len(f["input_ids"]) for f in chosen))
             index += 1

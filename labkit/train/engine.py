@@ -190,7 +190,7 @@ class _Run:
         else:
             features = training_features(self.tokenizer, config)
             self.stream = batches(features, config.batch_size, self.tokenizer.pad_token_id, config.seed,
-                                  dist.rank, dist.world_size, packing=config.packing, pack_width=config.seq_len)
+                                  dist.rank, dist.world_size, packing=config.packing)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
