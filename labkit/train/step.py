@@ -81,7 +81,8 @@ def chunked_lm_loss(chunk: int) -> LossFn:
     The decoder gives the hidden states; the LM head and the cross-entropy run only on the
     positions that predict an answer token (prompt and padding positions need no logits), ``chunk``
     positions at a time under activation checkpointing, so backward recomputes one chunk's logits
-    at a time: the largest tensor of the step becomes ``chunk·V`` instead of ``b·s·V``. Same sum,
+    at a time: the largest tensor of the step becomes ``chunk·V`` instead of ``b·s·V`` (when all
+    targets fit in one chunk it runs without recomputation: that would lower no peak). Same sum,
     same normalisation: equal to :func:`causal_lm_loss` up to float rounding.
     """
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
@@ -97,11 +98,9 @@ def chunked_lm_loss(chunk: int) -> LossFn:
         hidden, targets = hidden.flatten(0, 1).index_select(0, where), next_tokens.index_select(0, where)
         if len(targets) <= chunk:  # one chunk: recomputing it would lower no peak, only add work
             return _chunk_loss(head, hidden, targets) / max(n_targets, 1)
-        total = hidden.sum() * 0.0  # keeps the graph (and a zero) when no position has a target
-        for start in range(0, len(targets), chunk):
-            piece = slice(start, start + chunk)
-            total = total + checkpoint(_chunk_loss, head, hidden[piece], targets[piece], use_reentrant=False)
-        return total / max(n_targets, 1)
+        pieces = [checkpoint(_chunk_loss, head, hidden[start:start + chunk], targets[start:start + chunk],
+                             use_reentrant=False) for start in range(0, len(targets), chunk)]
+        return sum(pieces) / max(n_targets, 1)
 
     loss_fn.chunk = chunk  # type: ignore[attr-defined]
     return loss_fn
