@@ -1,7 +1,8 @@
 """labkit's engine vs ``transformers.Trainer`` + peft on the same run: useful tokens/s, peak memory, losses.
 
     python benchmarks/vs_hf_trainer.py                     # tiny full FT and smollm2-135m LoRA r8, ABBA
-    python benchmarks/vs_hf_trainer.py --models tiny --steps 40 --rounds 2 --labkit-option loss_chunk=1024
+    python benchmarks/vs_hf_trainer.py --models tiny --steps 40 --rounds 2 --labkit-option packing=false \
+        --labkit-option loss_chunk=0                      # labkit padded, with the full logits
 
 Same base weights, same text2sql train records tokenized once by labkit (prompt masked with
 -100), the **same batches in the same order** (the Trainer gets labkit's shuffled order and a

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, Union
 
 __all__ = [
     "option", "cli_fields", "add_dataclass_options", "values_from_args", "add_store_options", "comma_list",
-    "number_or_none", "device_name",
+    "number_or_none", "on_off_auto", "int_or_auto", "device_name",
 ]
 
 
@@ -57,6 +57,26 @@ def number_or_none(text: str) -> float | None:
 
 
 number_or_none.__name__ = "number (or none)"  # argparse names the type in "invalid ... value"
+
+
+def on_off_auto(text: str) -> bool | None:
+    """``on``/``off`` (also true/false, yes/no, 1/0) → True/False; ``auto`` → None (labkit decides)."""
+    word = text.strip().lower()
+    values = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False,
+              "0": False, "auto": None}
+    if word not in values:
+        raise argparse.ArgumentTypeError(f"must be auto, on or off; got {text!r}")
+    return values[word]
+
+
+def int_or_auto(text: str) -> int | None:
+    """An integer, or ``auto`` for None (labkit decides)."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be auto or an integer; got {text!r}") from None
 
 
 def device_name(text: str) -> str:

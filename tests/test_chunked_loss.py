@@ -58,7 +58,19 @@ def test_bad_chunk_is_refused():
         chunked_lm_loss(0)
     with pytest.raises(ConfigError, match="--loss-chunk"):
         TrainConfig(loss_chunk=-1)
-    assert TrainConfig(loss_chunk=0).key() == TrainConfig().key() != TrainConfig(loss_chunk=256).key()
+    assert len({TrainConfig(loss_chunk=c).key() for c in (None, 0, 256)}) == 3
+
+
+def test_auto_loss_chunk_follows_the_model_and_the_process_count(tiny):
+    from labkit.train.auto import AUTO_LOSS_CHUNK, resolve_path
+
+    model, _ = tiny
+    assert TrainConfig().loss_chunk is None
+    assert resolve_path(TrainConfig(), model, distributed=False).loss_chunk == AUTO_LOSS_CHUNK
+    assert resolve_path(TrainConfig(), model, distributed=True).loss_chunk == 0
+    assert resolve_path(TrainConfig(loss_chunk=0), model, distributed=False).loss_chunk == 0
+    with pytest.raises(ConfigError, match="--loss-chunk.*several processes"):
+        resolve_path(TrainConfig(loss_chunk=64), model, distributed=True)
 
 
 def test_the_memory_estimate_learns_the_chunked_loss():

@@ -109,7 +109,7 @@ NON_DEFAULTS = {
     "grad_accum": ("3", 3), "seq_len": ("64", 64), "grad_checkpointing": (None, True), "parallel": ("fsdp", "fsdp"),
     "max_grad_norm": ("none", None), "loss_multiplier": ("0.5", 0.5), "seed": ("5", 5), "data_seed": ("6", 6),
     "split": ("template", "template"), "train_examples": ("9", 9), "train_file": ("r.jsonl", "r.jsonl"),
-    "eval_examples": ("0", 0), "max_new_tokens": ("32", 32), "packing": (None, True), "loss_chunk": ("512", 512),
+    "eval_examples": ("0", 0), "max_new_tokens": ("32", 32), "packing": ("on", True), "loss_chunk": ("512", 512),
 }
 
 

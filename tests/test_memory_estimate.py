@@ -189,13 +189,29 @@ def test_parse_size() -> None:
         parse_size("lots")
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli_process(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "labkit.memory.cli", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
 
 
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    """The CLI in this process (a subprocess spends seconds importing torch): exit code, stdout, stderr."""
+    import contextlib
+    import io
+
+    from labkit.memory.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
 def test_cli_estimate_json_shape_and_errors() -> None:
-    out = _cli("estimate", "--model", "llama-3.2-1b", "--method", "lora", "--targets", "q_proj,v_proj",
+    out = _cli_process("estimate", "--model", "llama-3.2-1b", "--method", "lora", "--targets", "q_proj,v_proj",
                "--batch", "2", "--seq", "512", "--precision", "bf16", "--gpu-mem", "8GB", "--device", "cuda", "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
@@ -400,5 +416,8 @@ def test_cli_loop_option_moves_the_upper_bound() -> None:
     assert dropped["upper"]["total"] < unknown["upper"]["total"]
     assert kept["peak"] > unknown["peak"] == dropped["peak"]  # the point estimate assumes a Trainer-style loop
     assert kept["assumes"]["keeps_logits"] is True and unknown["assumes"]["keeps_logits"] is None
+    labkit = json.loads(_cli(*args, "--loop", "labkit").stdout)  # the engine's default: no full logits
+    assert labkit["bytes"]["logits"] < dropped["bytes"]["logits"] and labkit["peak"] <= dropped["peak"]
+    assert "chunked_lm_loss" in labkit["assumes"]["loss_path"]
     bad = _cli("estimate", "--model", "tiny", "--loop", "sometimes")
     assert bad.returncode == 2 and "--loop" in bad.stderr

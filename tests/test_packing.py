@@ -86,8 +86,47 @@ def test_packed_stream_holds_the_same_examples_as_the_padded_one(features):
 
 
 def test_packing_option_and_the_run_key():
-    base = TrainConfig()
-    assert "packing" not in base.to_dict() or base.key() == TrainConfig(packing=False).key()
-    assert TrainConfig(packing=True).key() != TrainConfig(packing=False).key()
+    assert TrainConfig().packing is None  # auto: decided on the model by labkit.train.auto
+    # explicit off keeps the keys of runs stored before packing existed (pinned: smollm2 has no build recipe)
+    assert TrainConfig(model="smollm2-135m", packing=False, loss_chunk=0).key() == "b99e2b78639c7869"
+    assert len({TrainConfig(packing=p).key() for p in (None, True, False)}) == 3
     with pytest.raises(ConfigError, match="--packing"):
         TrainConfig(packing="yes")
+
+
+class _IgnoresPositions(torch.nn.Module):
+    """A causal LM that drops position_ids: packed examples would attend across their boundaries."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.config = model, model.config
+
+    def forward(self, input_ids, position_ids=None, **kwargs):
+        return self.inner(input_ids=input_ids, **kwargs)
+
+
+def test_auto_packing_is_on_only_where_packed_examples_stay_apart(tiny):
+    from labkit.train.auto import packing_is_exact, resolve_path
+
+    model, _ = tiny
+    assert packing_is_exact(model)
+    assert resolve_path(TrainConfig(), model, distributed=False).packing is True
+    assert resolve_path(TrainConfig(), model, distributed=False, own_batches=False).packing is False
+    assert resolve_path(TrainConfig(packing=False), model, distributed=False).packing is False
+    mixing = _IgnoresPositions(model)
+    assert not packing_is_exact(mixing)
+    assert resolve_path(TrainConfig(), mixing, distributed=False).packing is False
+    with pytest.raises(ConfigError, match="--packing.*attend across"):
+        resolve_path(TrainConfig(packing=True), mixing, distributed=False)
+
+
+def test_a_run_records_what_auto_became(tiny):
+    from labkit.train import RunRecord, train
+
+    model, _ = tiny
+    short = dict(model="tiny", steps=2, batch_size=2, train_examples=8, eval_examples=0, warmup_steps=0)
+    auto = train(TrainConfig(**short), progress=False)
+    off = train(TrainConfig(**short, packing=False, loss_chunk=0), progress=False)
+    assert (auto.packed, auto.loss_chunk) == (True, 1024) and (off.packed, off.loss_chunk) == (False, 0)
+    assert RunRecord.from_dict(auto.to_dict()).packed is True
+    assert abs(auto.losses[0] - off.losses[0]) < 1e-4  # the same first step, padded or packed

@@ -17,6 +17,7 @@ from typing import Any
 
 from labkit.memory.breakdown import COMPONENTS, fmt_bytes, parse_size
 from labkit.memory.setup import MemorySetup, SetupError
+from labkit.train.config import AUTO_LOSS_CHUNK
 
 EXIT_BAD_INPUT = 2
 
@@ -51,8 +52,9 @@ def add_estimate_parser(subparsers: Any) -> argparse.ArgumentParser:
     _add_setup_options(p)
     p.add_argument("--activations", default="formula", help="formula|trace (exact, fake-tensor forward)")
     p.add_argument("--loop", default="unknown",
-                   help="unknown|drops-output|keeps-output: does the training loop hold the model output through "
-                        "backward (out = model(...), then backward on out.loss)? Trainer and labkit drop it")
+                   help="unknown|drops-output|keeps-output|labkit: does the training loop hold the model output "
+                        "through backward (out = model(...), then backward on out.loss)? Trainer drops it; labkit: "
+                        "labkit's engine by default (no full logits: the answer-only loss head, 1024 rows a chunk)")
     p.add_argument("--calibrate", action="store_true",
                    help="run real steps at 1/8 and 1/4 of --seq on this machine, fit the residual, show both")
     p.set_defaults(func=run_estimate)
@@ -141,11 +143,12 @@ def run_estimate(args: argparse.Namespace) -> int:
         method = getattr(args, "activations", "formula")
         if method not in ("formula", "trace"):
             raise SetupError("activations", "formula|trace", method)
-        loops = {"unknown": None, "drops-output": False, "keeps-output": True}
+        loops = {"unknown": None, "drops-output": False, "keeps-output": True, "labkit": False}
         loop = getattr(args, "loop", "unknown")
         if loop not in loops:
             raise SetupError("loop", "|".join(loops), loop)
-        result = estimate(args.model, setup, activations=method, keeps_logits=loops[loop])
+        chunk = AUTO_LOSS_CHUNK if loop == "labkit" else 0
+        result = estimate(args.model, setup, activations=method, keeps_logits=loops[loop], loss_chunk=chunk)
     except (SetupError, ArchError, ValueError) as exc:
         return _fail(str(exc))
     if gpu_mem is not None and not result.fits(gpu_mem):

@@ -22,6 +22,8 @@ CUDA_CONTEXT_UPPER = 1024**3  # context + cuBLAS/cuDNN handles + NCCL-free kerne
 # What the loss path is assumed to be (the logits terms depend on it).
 LOSS_PATH = ("transformers 5.x ForCausalLMLoss (checked on 5.24): logits.float() (no copy when fp32); "
              "labels padded, logits not shifted; F.cross_entropy = log_softmax (saved, fp32) + nll_loss")
+CHUNKED_LOSS_PATH = ("labkit chunked_lm_loss: LM head + cross-entropy on answer positions only, a chunk of rows at "
+                     "a time, recomputed in backward (no b*s*V logits)")
 
 
 def _arch(model: Any) -> ArchInfo:
@@ -216,7 +218,8 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
                            "activation_method": "trace" if "traced" in acts else "formula",
                            "allocated": int(peak), "reserved": int(peak + (overhead - CUDA_CONTEXT
                                                                            if setup.device == "cuda" else 0)),
-                           "upper": upper, "assumes": {"loss_path": LOSS_PATH,
+                           "upper": upper, "assumes": {"loss_path": CHUNKED_LOSS_PATH if loss_chunk and setup.trains
+                                                       else LOSS_PATH,
                                                        "keeps_logits": keeps_logits}})
 
 

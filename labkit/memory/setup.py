@@ -147,7 +147,8 @@ class MemorySetup:
                            compute_dtype=self.compute_dtype, precision=self.precision, optimizer=self.optimizer,
                            momentum=self.momentum, schedule="constant", warmup_steps=0, steps=steps,
                            batch_size=self.batch, grad_accum=self.grad_accum, seq_len=self.seq,
-                           grad_checkpointing=self.checkpointing, max_grad_norm=None, seed=seed, eval_examples=0)
+                           grad_checkpointing=self.checkpointing, max_grad_norm=None, seed=seed, eval_examples=0,
+                           packing=False, loss_chunk=0)  # the full-logit loop the setup estimates
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

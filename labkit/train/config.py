@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from labkit.cli_options import comma_list, number_or_none, option, values_from_args
+from labkit.cli_options import comma_list, int_or_auto, number_or_none, on_off_auto, option, values_from_args
 from labkit.data.records import file_digest
 from labkit.errors import LabkitError
 from labkit.lora.spec import ALPHA_POLICIES
@@ -28,6 +28,7 @@ PRECISIONS = ("fp32", "amp-fp16", "amp-fp16-scaled", "amp-bf16", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd", "adamw8bit", "paged-adamw8bit")
 SCHEDULES = ("constant", "linear", "cosine")
 QUANT_TYPES = ("nf4", "fp4")
+AUTO_LOSS_CHUNK = 1024  # loss_chunk=auto: answer positions per head chunk (chunk·V fp32 logits, 49 M floats on smollm2)
 COMPUTE_DTYPES = ("fp32", "bf16", "fp16")
 SPLITS = ("entity", "template")
 PARALLEL = ("ddp", "fsdp")  # how several processes share the work (ignored when training alone)
@@ -92,12 +93,14 @@ class TrainConfig:
     grad_accum: int = field(default=1, metadata=option("micro-batches accumulated per optimizer step"))
     seq_len: int = field(default=256, metadata=option("tokens per example (longer ones are cut), an integer >= 8",
                                                       flags=("--seq-len", "--seq")))
-    packing: bool = field(default=False, metadata=option(
-        "pack each micro-batch's examples end to end (per-example positions, no attention across "
-        "examples) into rows no wider than its longest example instead of padding them", flags=("--packing",)))
-    loss_chunk: int = field(default=0, metadata=option(
+    packing: bool | None = field(default=None, metadata=option(  # None: labkit.train.auto decides
+        "on: pack each micro-batch's examples end to end (per-example positions, no attention across "
+        "examples) into rows no wider than its longest example; off: pad them; auto (default): on where "
+        "the model is checked to keep packed examples apart", parse=on_off_auto, metavar="auto|on|off"))
+    loss_chunk: int | None = field(default=None, metadata=option(  # None: labkit.train.auto decides
         "0: the full logits; N >= 1: LM head + cross-entropy on answer positions only, N at a time "
-        "(recomputed in backward), so the b*s*V logits are never whole"))
+        "(recomputed in backward), so the b*s*V logits are never whole; auto (default): 1024 where the "
+        "logits are lm_head(hidden) and one process trains, else 0", parse=int_or_auto, metavar="auto|N"))
     grad_checkpointing: bool = field(default=False, metadata=option(
         "gradient checkpointing: recompute activations in the backward pass", flags=("--checkpointing",)))
     parallel: str = field(default="ddp", metadata=option(
@@ -145,9 +148,10 @@ class TrainConfig:
         _int_range("warmup_steps", self.warmup_steps, 0, 10_000_000)
         _int_range("eval_examples", self.eval_examples, 0, 1_000_000)
         _int_range("max_new_tokens", self.max_new_tokens, 1, 100_000)
-        _int_range("loss_chunk", self.loss_chunk, 0, 100_000_000)
-        if not isinstance(self.packing, bool):
-            raise ConfigError("packing", "true or false", self.packing)
+        if self.loss_chunk is not None:
+            _int_range("loss_chunk", self.loss_chunk, 0, 100_000_000)
+        if self.packing is not None and not isinstance(self.packing, bool):
+            raise ConfigError("packing", "true, false or none (auto)", self.packing)
         if self.train_examples is not None:
             _int_range("train_examples", self.train_examples, 1, 100_000_000)
         if self.train_file is not None and (not isinstance(self.train_file, str) or not self.train_file.strip()):
@@ -241,7 +245,7 @@ class TrainConfig:
 
             data["base_recipe"] = RECIPE
         for name, off in (("packing", False), ("loss_chunk", 0)):  # newer options: off keeps old keys
-            if data[name] == off:
+            if data[name] is not None and data[name] == off:  # (auto, the default, is part of the key)
                 del data[name]
         if self.train_file is None:
             del data["train_file"]  # runs stored before the option existed keep their keys

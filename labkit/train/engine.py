@@ -23,6 +23,7 @@ import torch
 
 from labkit.device import resolve_device
 from labkit.train import distributed
+from labkit.train.auto import resolve_path
 from labkit.train.config import ConfigError, TrainConfig
 from labkit.train.data import batches, check_train_file, eval_examples, training_features
 from labkit.train.optim import build_optimizer, build_schedule
@@ -119,7 +120,7 @@ class _Run:
         self.config, self.base, self.given_model, self.batches = config, base, model, batches
         self.hooks, self.callbacks, self.progress, self.prepare = hooks, callbacks, progress, prepare
         self.device, self.store, self.raise_errors = device, store, raise_errors
-        self.loss_fn = loss_fn or (chunked_lm_loss(config.loss_chunk) if config.loss_chunk else model_loss)
+        self.given_loss_fn = loss_fn
         self.model: torch.nn.Module | None = None
         self.tokenizer: Any = None
 
@@ -169,6 +170,10 @@ class _Run:
         if self.prepare is not None:
             self.model = self.prepare(self.model)
         record.params = count_params(self.model)
+        path = resolve_path(config, self.model, distributed=dist.enabled, own_batches=self.batches is None)
+        record.packed = path.packing  # what "auto" became on this model
+        record.loss_chunk = path.loss_chunk if self.given_loss_fn is None else None
+        self.loss_fn = self.given_loss_fn or (chunked_lm_loss(path.loss_chunk) if path.loss_chunk else model_loss)
         self.wrapped = dist.wrap(self.model, config.parallel)  # before the optimizer: FSDP swaps in shards
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.trainable, config)
@@ -183,14 +188,12 @@ class _Run:
             no_sync=lambda last: dist.maybe_no_sync(self.wrapped, last),
             reduce=dist.mean,
         )
-        if config.loss_chunk and dist.enabled:  # it calls the decoder and head directly, past DDP/FSDP's wrapper
-            raise ConfigError("loss_chunk", "0 when training on several processes", config.loss_chunk)
         if self.batches is not None:
             self.stream = self.batches
         else:
             features = training_features(self.tokenizer, config)
             self.stream = batches(features, config.batch_size, self.tokenizer.pad_token_id, config.seed,
-                                  dist.rank, dist.world_size, packing=config.packing)
+                                  dist.rank, dist.world_size, packing=path.packing)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 

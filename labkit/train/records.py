@@ -126,9 +126,11 @@ class RunRecord(_FieldMapping):
     error: str | None = None
     traceback: str | None = None
     world_size: int | None = None  # under torchrun
+    packed: bool | None = None  # whether the batches were packed (what packing=auto became)
+    loss_chunk: int | None = None  # the loss head's chunk, 0: full logits (what loss_chunk=auto became)
     extras: dict[str, Any] = field(default_factory=dict)  # keys callers add (e.g. a sweep's "sweep")
 
-    _optional = ("reserved_memory_bytes", "failed_step", "error", "traceback", "world_size")
+    _optional = ("reserved_memory_bytes", "failed_step", "error", "traceback", "world_size", "packed", "loss_chunk")
 
     @property
     def ok(self) -> bool:
