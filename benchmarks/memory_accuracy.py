@@ -2,6 +2,7 @@
 
     python benchmarks/memory_accuracy.py            # CPU: tensor accounting + saved-tensor hooks
     python benchmarks/memory_accuracy.py --device cuda   # also compares the peak with max_memory_allocated
+    python benchmarks/memory_accuracy.py --device cuda --json mem.json   # every row, machine-readable
 
 Prints one row per setup and the median / max absolute error per component.
 """
@@ -9,6 +10,7 @@ Prints one row per setup and the median / max absolute error per component.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -24,7 +26,7 @@ def _err(est: int, meas: int) -> float:
     return 0.0 if est == meas else (abs(est - meas) / meas * 100 if meas else 100.0)
 
 
-def run(device: str, families: tuple[str, ...], steps: int, trace: bool) -> int:
+def run(device: str, families: tuple[str, ...], steps: int, trace: bool, json_path: str | None = None) -> int:
     warnings.filterwarnings("ignore")
     import transformers
 
@@ -37,6 +39,7 @@ def run(device: str, families: tuple[str, ...], steps: int, trace: bool) -> int:
     from labkit.memory.trace import trace_activations
 
     errors: dict[str, list[float]] = {c: [] for c in COMPONENTS + ("saved", "trace", "peak")}
+    rows: list[dict] = []
     header = f"{'arch':7s} {'setup':60s} " + " ".join(f"{c[:5]:>15s}" for c in COMPONENTS + ("saved",))
     if trace:
         header += f" {'trace':>8s}"
@@ -67,12 +70,24 @@ def run(device: str, families: tuple[str, ...], steps: int, trace: bool) -> int:
             e = _err(est.peak, alloc)
             errors["peak"].append(e)
             cells.append(f"{est.peak:>9d}/{alloc:>9d} {e:4.1f}%")
+        row = {"family": fam, "setup": kw, "estimate": dict(est.bytes), "measured": dict(meas.bytes),
+               "estimate_saved": est.saved, "measured_saved": meas.saved, "estimate_peak": est.peak}
+        if device == "cuda":
+            row["max_memory_allocated"] = meas.info["max_memory_allocated"]
+            row["max_memory_reserved"] = meas.info["max_memory_reserved"]
+            row["peak_error_vs_allocated_pct"] = 100 * (est.peak - alloc) / alloc
+            row["peak_error_vs_reserved_pct"] = 100 * (est.peak - meas.info["max_memory_reserved"]) / meas.info["max_memory_reserved"]
+        rows.append(row)
         desc = ",".join(f"{k}={v}" for k, v in kw.items())
         print(f"{fam:7s} {desc[:60]:60s} " + " ".join(cells) + f"  ({time.time() - t0:.1f}s)", flush=True)
     print("\nabsolute error vs measured, %   (median / max over", len(errors["weights"]), "setups)")
     for c, vals in errors.items():
         if vals:
             print(f"  {c:12s} median {statistics.median(vals):6.2f}   max {max(vals):6.2f}")
+    if json_path:
+        summary = {c: {"median": statistics.median(v), "max": max(v)} for c, v in errors.items() if v}
+        with open(json_path, "w") as fh:
+            json.dump({"device": device, "rows": rows, "abs_error_pct": summary}, fh, indent=1, default=str)
     return 0
 
 
@@ -82,8 +97,9 @@ def main() -> int:
     ap.add_argument("--families", default="llama,qwen2,gpt2,phi3,gemma2")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--no-trace", action="store_true", help="skip the fake-tensor trace column")
+    ap.add_argument("--json", default=None, help="also write every row and the error summary here")
     args = ap.parse_args()
-    return run(args.device, tuple(args.families.split(",")), args.steps, not args.no_trace)
+    return run(args.device, tuple(args.families.split(",")), args.steps, not args.no_trace, args.json)
 
 
 if __name__ == "__main__":

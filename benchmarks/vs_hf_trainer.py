@@ -3,13 +3,15 @@
     python benchmarks/vs_hf_trainer.py                     # tiny full FT and smollm2-135m LoRA r8, ABBA
     python benchmarks/vs_hf_trainer.py --models tiny --steps 40 --rounds 2 --labkit-option packing=false \
         --labkit-option loss_chunk=0                      # labkit padded, with the full logits
+    python benchmarks/vs_hf_trainer.py --device cuda      # on a GPU: peak = torch.cuda.max_memory_allocated
 
 Same base weights, same text2sql train records tokenized once by labkit (prompt masked with
 -100), the **same batches in the same order** (the Trainer gets labkit's shuffled order and a
 sequential sampler, so the loss curves can be compared step by step), same batch size, steps,
 learning rate and schedule (transformers' cosine with warmup in both), AdamW, clipping at 1.0,
-fp32 on the CPU. The Trainer uses what its users would: ``DataCollatorForSeq2Seq`` (pads to the
-longest in the batch, labels with -100) and peft's ``get_peft_model`` with the same LoraConfig.
+fp32 (on the CPU by default; ``--device cuda`` runs both on the GPU). The Trainer uses what its
+users would: ``DataCollatorForSeq2Seq`` (pads to the longest in the batch, labels with -100) and
+peft's ``get_peft_model`` with the same LoraConfig.
 
 Each run is a fresh subprocess, in ABBA order (labkit, trainer, trainer, labkit, …), so machine
 noise and warm caches hit both alike. Reported per run:
@@ -19,7 +21,8 @@ noise and warm caches hit both alike. Reported per run:
   loading included in both);
 * peak memory: the process's max RSS (``resource.getrusage``) after training, and its growth
   over the RSS measured just before training began (model loaded, data tokenized) — the
-  training's own peak, free of what importing the libraries costs each side;
+  training's own peak, free of what importing the libraries costs each side; on CUDA also
+  ``torch.cuda.max_memory_allocated`` / ``max_memory_reserved`` over the training alone;
 * the loss per step.
 
 The summary row per model is the median over runs of labkit / Trainer tokens/s and the
@@ -66,7 +69,26 @@ def _current_rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def run_labkit(model: str, steps: int, options: dict[str, Any]) -> dict[str, Any]:
+def _reset_cuda_peak(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _cuda_peaks(device: str) -> dict[str, int]:
+    """The training's own CUDA peaks (allocated and reserved), after :func:`_reset_cuda_peak`."""
+    if device != "cuda":
+        return {}
+    import torch
+
+    torch.cuda.synchronize()
+    return {"cuda_max_allocated": int(torch.cuda.max_memory_allocated()),
+            "cuda_max_reserved": int(torch.cuda.max_memory_reserved())}
+
+
+def run_labkit(model: str, steps: int, options: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
     from labkit.models import load_model, load_tokenizer
     from labkit.train.data import training_features
     from labkit.train.engine import train
@@ -75,11 +97,13 @@ def run_labkit(model: str, steps: int, options: dict[str, Any]) -> dict[str, Any
     base = (load_model(model), load_tokenizer(model))
     training_features(base[1], config)  # tokenize before the RSS baseline, as the Trainer side does
     before = _current_rss_bytes()
-    record = train(config, base=base, progress=False, raise_errors=True)
+    _reset_cuda_peak(device)
+    record = train(config, base=base, progress=False, raise_errors=True, device=device)
+    peaks = _cuda_peaks(device)
     timed = record.steps[1:]
     tokens = sum(s.tokens_per_s * s.seconds for s in timed)
     return {"tokens_per_s": tokens / sum(s.seconds for s in timed), "losses": record.losses,
-            "rss_before": before, "rss_peak": _rss_bytes()}
+            "rss_before": before, "rss_peak": _rss_bytes(), **peaks}
 
 
 def _labkit_order(features: list, seed: int, n: int) -> list:
@@ -94,7 +118,7 @@ def _labkit_order(features: list, seed: int, n: int) -> list:
     return out[:n]
 
 
-def run_trainer(model: str, steps: int, options: dict[str, Any]) -> dict[str, Any]:
+def run_trainer(model: str, steps: int, options: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
     import torch
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
@@ -137,23 +161,32 @@ def run_trainer(model: str, steps: int, options: dict[str, Any]) -> dict[str, An
             output_dir=out, per_device_train_batch_size=BATCH, gradient_accumulation_steps=1, max_steps=steps,
             learning_rate=config.learning_rate, lr_scheduler_type="cosine", warmup_steps=WARMUP_STEPS,
             weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", logging_steps=1, save_strategy="no",
-            report_to=[], use_cpu=True, seed=config.seed, dataloader_num_workers=0, remove_unused_columns=False,
+            report_to=[], use_cpu=device == "cpu", seed=config.seed, dataloader_num_workers=0, remove_unused_columns=False,
             disable_tqdm=True)
         trainer = InOrder(model=net, args=arguments, train_dataset=examples, data_collator=collate,
                           callbacks=[clock])
         before = _current_rss_bytes()
+        _reset_cuda_peak(device)
         trainer.train()
+        peaks = _cuda_peaks(device)
     seconds = [b - a for a, b in zip(clock.ends, clock.ends[1:])]
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {"tokens_per_s": sum(real_tokens[1:steps]) / sum(seconds[1:]), "losses": losses,
-            "rss_before": before, "rss_peak": _rss_bytes()}
+            "rss_before": before, "rss_peak": _rss_bytes(), **peaks}
+
+
+def _cuda_text(run: dict[str, Any]) -> str:
+    if "cuda_max_allocated" not in run:
+        return ""
+    return (f"  cuda max allocated {run['cuda_max_allocated'] / 2**20:.0f} MiB, "
+            f"reserved {run['cuda_max_reserved'] / 2**20:.0f} MiB")
 
 
 def _worker(args: argparse.Namespace) -> None:
     warnings.filterwarnings("ignore")
     options = dict(_parse_option(o) for o in args.labkit_option)
     run = run_labkit if args.worker == "labkit" else run_trainer
-    print(json.dumps(run(args.model, args.steps, options)))
+    print(json.dumps(run(args.model, args.steps, options, args.device)))
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
@@ -163,9 +196,9 @@ def _parse_option(text: str) -> tuple[str, Any]:
     return name.strip(), json.loads(value.strip())
 
 
-def _spawn(side: str, model: str, steps: int, options: list[str]) -> dict[str, Any]:
+def _spawn(side: str, model: str, steps: int, options: list[str], device: str = "cpu") -> dict[str, Any]:
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--models", model,
-               "--model", model, "--steps", str(steps)]
+               "--model", model, "--steps", str(steps), "--device", device]
     for option in options:
         command += ["--labkit-option", option]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -181,6 +214,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="ABBA rounds (each: 2 labkit + 2 Trainer runs)")
     parser.add_argument("--labkit-option", action="append", default=[], help="NAME=VALUE for labkit's TrainConfig")
     parser.add_argument("--json", type=Path, default=None, help="also write every run here")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where both sides train")
     parser.add_argument("--worker", choices=("labkit", "trainer"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -199,11 +233,11 @@ def main() -> None:
         runs: dict[str, list[dict[str, Any]]] = {"labkit": [], "trainer": []}
         for _ in range(args.rounds):
             for side in ("labkit", "trainer", "trainer", "labkit"):
-                run = _spawn(side, model, steps, args.labkit_option)
+                run = _spawn(side, model, steps, args.labkit_option, args.device)
                 runs[side].append(run)
                 print(f"{model:14s} {side:8s} {run['tokens_per_s']:9.0f} tok/s  peak RSS "
                       f"{run['rss_peak'] / 2**20:7.0f} MiB (+{(run['rss_peak'] - run['rss_before']) / 2**20:.0f} "
-                      f"in training)  final loss {run['losses'][-1]:.4f}", flush=True)
+                      f"in training)  final loss {run['losses'][-1]:.4f}" + _cuda_text(run), flush=True)
         results[model] = runs
     print("\nmodel          method  labkit tok/s  Trainer tok/s  ratio   growth labkit  growth Trainer")
     for model, runs in results.items():
@@ -212,6 +246,9 @@ def main() -> None:
         grow = {k: statistics.median((r["rss_peak"] - r["rss_before"]) / 2**20 for r in v) for k, v in runs.items()}
         print(f"{model:14s} {SETUPS[model][0]:6s} {lab:12.0f} {hf:14.0f} {lab / hf:6.2f}x "
               f"{grow['labkit']:10.0f} MiB {grow['trainer']:11.0f} MiB")
+        if "cuda_max_allocated" in runs["labkit"][0]:
+            peak = {k: statistics.median(r["cuda_max_allocated"] / 2**20 for r in v) for k, v in runs.items()}
+            print(f"{'':14s} cuda max allocated: labkit {peak['labkit']:.0f} MiB, Trainer {peak['trainer']:.0f} MiB")
     for model, runs in results.items():
         a, b = runs["labkit"][0]["losses"], runs["trainer"][0]["losses"]
         print(f"\n{model}: loss per step (labkit | Trainer | difference)")
