@@ -36,6 +36,7 @@ LANGUAGE = "en"  # "ko": panel labels and help in Korean
 REUSE_RUNS = True  # reuse finished training runs from the run store (LABKIT_HOME/runs)
 STEPS: int | None = None  # None: 6 in smoke mode, 80 otherwise
 EVAL_EXAMPLES: int | None = None  # None: 4 / 40
+MAX_NEW_TOKENS: int | None = None  # answer tokens generated per eval question; None: 64 / 160
 
 # %%
 # Colab (or any Python without labkit): install it. Elsewhere this cell does nothing.
@@ -49,6 +50,7 @@ from labkit.notebook import setup, pick, record, takeaway, table
 LAB = setup(SMOKE, seed=SEED, language=LANGUAGE)
 STEPS = pick(STEPS, smoke=6, full=80)
 EVAL_EXAMPLES = pick(EVAL_EXAMPLES, smoke=4, full=40)
+MAX_NEW_TOKENS = pick(MAX_NEW_TOKENS, smoke=64, full=160)
 
 # %%
 from labkit.train import RunStore
@@ -84,7 +86,8 @@ from labkit.merge.experiment import TaskEvaluator, comparison_table, merge_path,
 TRAIN = dict(precision=LAB.precision, **(dict(batch_size=4, seq_len=128, warmup_steps=1) if SMOKE else {}))
 spec = train_specialists(MODEL, "text2sql", "json_extract", method="full", steps=STEPS, seed=SEED,
                          store=STORE, **TRAIN)
-evaluator = TaskEvaluator(spec.base_model, spec.tokenizer, "text2sql", "json_extract", n_eval=EVAL_EXAMPLES, seed=SEED)
+evaluator = TaskEvaluator(spec.base_model, spec.tokenizer, "text2sql", "json_extract", n_eval=EVAL_EXAMPLES,
+                          seed=SEED, max_new_tokens=MAX_NEW_TOKENS)
 record("specialists_trained", sorted(spec.records))
 
 # %% [markdown]
@@ -119,6 +122,7 @@ display(table([{"approach": name, **{k: r[k] for k in ("acc_a", "acc_b", "loss_a
 record("forgetting_acc_a", comparison.forgetting())
 record("ensemble_passes_per_token", comparison.rows["ensemble (logits)"]["forward_passes_per_token"])
 record("merge_passes_per_token", comparison.rows["TIES"]["forward_passes_per_token"])
+record("evaluations_reused", evaluator.hits)
 record("sequential_loss_a_minus_specialist", comparison.rows["sequential FT (A→B)"]["loss_a"] - comparison.rows["specialist A"]["loss_a"])
 
 # %%

@@ -77,6 +77,7 @@ CHECKS = {
         ("SLERP midpoint stays on it", lambda r: abs(r["slerp_mid_norm"] - 1) < 1e-3),
         ("a merge is one pass per token, an ensemble two", lambda r: r["merge_passes_per_token"] == 1 and r["ensemble_passes_per_token"] == 2),
         ("sequential fine-tuning raises task A loss (forgetting)", lambda r: r["sequential_loss_a_minus_specialist"] > 0),
+        ("the closing table reuses the path's evaluations", lambda r: r["evaluations_reused"] >= 5),
     ],
     "06_lr_batch": [
         ("accumulation reproduces the large batch", lambda r: r["accumulation_max_loss_gap"] < 1e-3),

@@ -105,6 +105,24 @@ def test_merged_beats_each_specialist_on_the_other_task_accuracy(scores):
     assert m["acc_b"] > a["acc_b"] and m["acc_a"] > b["acc_a"]
 
 
+def test_the_same_weights_are_scored_once(specialists, scores):
+    """The evaluator remembers scores by the weights' bytes: a bit-identical copy is a hit, a change is not."""
+    from labkit.merge.experiment import fingerprint
+
+    spec, evaluator = specialists
+    calls, hits = evaluator.calls, evaluator.hits
+    copy_a = {k: v.clone() for k, v in spec.sd_a.items()}
+    assert evaluator(copy_a) == scores["A"]
+    assert (evaluator.calls, evaluator.hits) == (calls, hits + 1)
+    name = next(iter(copy_a))
+    copy_a[name] = copy_a[name].clone()
+    copy_a[name].view(-1)[0] += 1.0
+    assert fingerprint(copy_a) != fingerprint(spec.sd_a)
+    assert fingerprint({name: copy_a[name].double()}) != fingerprint({name: copy_a[name]})  # dtype counts
+    evaluator(copy_a)
+    assert (evaluator.calls, evaluator.hits) == (calls + 1, hits + 1)
+
+
 def test_lora_specialists_become_full_state_dicts():
     """LoRA fine-tunes are merged into plain weights: only the adapted matrices move."""
     from labkit.merge.experiment import train_specialists

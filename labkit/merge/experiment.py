@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +38,9 @@ class TaskEvaluator:
 
     The state dict is loaded into one reusable copy of the base architecture, so evaluating a
     merge costs no new model. ``n_eval`` eval examples of each task, fixed by ``seed``.
+    Scores are remembered by a fingerprint of the weights' bytes (:func:`fingerprint`): greedy
+    evaluation is deterministic, so the same weights met again — a specialist, the path's
+    ``t = 0.5`` or ``λ = 1`` point in the closing table — are not evaluated twice (``hits`` counts them).
     """
 
     def __init__(self, template: nn.Module, tokenizer: Any, task_a: str, task_b: str, *, n_eval: int = 24,
@@ -52,6 +56,8 @@ class TaskEvaluator:
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.calls = 0
+        self.hits = 0
+        self._scores: dict[str, dict[str, float]] = {}
 
     def score_model(self, model: nn.Module) -> dict[str, float]:
         """``{"acc_a", "acc_b", "loss_a", "loss_b", ...}`` of any model (or :class:`GreedyLM`)."""
@@ -68,10 +74,26 @@ class TaskEvaluator:
         return out
 
     def __call__(self, state_dict: StateDict) -> dict[str, float]:
+        key = fingerprint(state_dict)
+        if key in self._scores:
+            self.hits += 1
+            return dict(self._scores[key])
         missing, unexpected = self.model.load_state_dict(dict(state_dict), strict=False)
         if unexpected or [m for m in missing if not m.endswith("lm_head.weight")]:
             raise ValueError(f"state dict does not fit the base model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-        return self.score_model(self.model)
+        score = self.score_model(self.model)
+        self._scores[key] = dict(score)
+        return score
+
+
+def fingerprint(state_dict: StateDict) -> str:
+    """A digest of every tensor's name, dtype, shape and bytes: equal only for bit-identical weights."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- training
