@@ -108,13 +108,12 @@ def run_labkit(model: str, steps: int, options: dict[str, Any], device: str = "c
 
 def _labkit_order(features: list, seed: int, n: int) -> list:
     """The first ``n`` examples in the order labkit's batch stream draws them (labkit.train.data)."""
-    import torch
+    from labkit.train.data import shuffled_groups
 
-    generator, out = torch.Generator().manual_seed(seed), []
+    out: list = []
+    groups = shuffled_groups(len(features), BATCH, seed)
     while len(out) < n:
-        order = torch.randperm(len(features), generator=generator).tolist()
-        usable = len(order) - len(order) % BATCH
-        out += [features[i] for i in order[:usable]]
+        out += [features[i] for i in next(groups)]
     return out[:n]
 
 

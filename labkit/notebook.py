@@ -1,10 +1,16 @@
-"""What the labs call in their first cells: environment setup, smoke/full sizes, Colab detection.
+"""What the labs call in their first cells: environment setup, the lab's size, Colab detection.
 
-A lab's parameters cell holds every knob (``MODEL``, ``SMOKE``, sizes with ``None`` meaning "pick
-from SMOKE", seeds); the next cell calls :func:`setup` and :func:`pick`::
+A lab runs at one of three sizes (:data:`SIZES`):
 
-    LAB = setup(SMOKE, seed=SEED)
-    STEPS = pick(STEPS, smoke=20, full=300)
+* ``smoke`` — seconds to a minute, the ``tiny`` model: CI, and a first look that everything runs;
+* ``standard`` — meaningful curves on a CPU laptop in a few minutes (``smollm2-135m``, few steps);
+* ``full`` — the workshop size, meant for a GPU.
+
+A lab's parameters cell holds every knob (``SMOKE``, ``SIZE``, ``MODEL``, sizes with ``None``
+meaning "pick from the size", seeds); the next cell calls :func:`setup` and :func:`pick`::
+
+    LAB = setup(SMOKE, size=SIZE, seed=SEED)
+    STEPS = pick(STEPS, smoke=20, standard=60, full=300)
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+_SAME_AS_SMOKE: Any = object()  # pick(..., standard=) not given
 
+SIZES = ("smoke", "standard", "full")
 REPORT_RENDERER = "plotly_mimetype"  # labkit.report turns these outputs into offline HTML, plotly.js once
 
 
@@ -45,10 +53,11 @@ class LabEnv:
     colab: bool
     seed: int
     renderer: str
+    size: str = "full"  # one of SIZES; ``smoke`` is ``size == "smoke"``
 
-    def pick(self, value: T | None, *, smoke: T, full: T) -> T:
-        """``value`` if given, else the smoke-mode or full-size default."""
-        return pick(value, smoke=smoke, full=full, is_smoke=self.smoke)
+    def pick(self, value: T | None, *, smoke: T, full: T, standard: Any = _SAME_AS_SMOKE) -> T:
+        """``value`` if given, else the default of this lab's size (see :func:`pick`)."""
+        return pick(value, smoke=smoke, full=full, standard=standard, size=self.size)
 
     def line(self) -> str:
         """A one-line summary of the environment (printed by :func:`setup`)."""
@@ -56,7 +65,7 @@ class LabEnv:
 
         import labkit
 
-        mode = "smoke" if self.smoke else "full size"
+        mode = f"{self.size} size"
         extra = " · report" if self.report else ""
         extra += " · Colab" if self.colab else ""
         gpu = ""
@@ -71,8 +80,22 @@ class LabEnv:
 _current: LabEnv | None = None
 
 
-def setup(smoke: bool, *, seed: int = 0, language: str | None = None, quiet: bool = False) -> LabEnv:
-    """Prepare a lab: plotly renderer, device and precision (auto), seeds, language; print one line.
+def resolve_size(smoke: bool = False, size: str | None = None) -> str:
+    """The lab's size from its ``SMOKE`` and ``SIZE`` parameters (``SIZE`` wins; they must agree)."""
+    if size is None:
+        return "smoke" if smoke else "full"
+    from labkit.errors import LabkitError
+
+    if size not in SIZES:
+        raise LabkitError(f"SIZE: must be one of {', '.join(SIZES)} (or None: from SMOKE); got {size!r}")
+    if smoke and size != "smoke":
+        raise LabkitError(f"SMOKE = True and SIZE = {size!r} disagree: set SIZE alone (or SMOKE alone)")
+    return size
+
+
+def setup(smoke: bool = False, *, size: str | None = None, seed: int = 0, language: str | None = None,
+          quiet: bool = False) -> LabEnv:
+    """Prepare a lab: its size, plotly renderer, device and precision (auto), seeds, language; print one line.
 
     * Report mode (``LABKIT_REPORT=1``): ``$PLOTLY_RENDERER`` or ``plotly_mimetype``. nbconvert
       drops that output by itself, so ``labkit report`` turns each figure's JSON into HTML with
@@ -85,6 +108,8 @@ def setup(smoke: bool, *, seed: int = 0, language: str | None = None, quiet: boo
     """
     global _current
     import plotly.io as pio
+
+    size = resolve_size(smoke, size)
 
     from labkit.device import auto_precision, best_device
 
@@ -100,13 +125,14 @@ def setup(smoke: bool, *, seed: int = 0, language: str | None = None, quiet: boo
     seed_everything(seed)
     device = best_device()
     env = LabEnv(
-        smoke=bool(smoke),
+        smoke=size == "smoke",
         device=device.type,
         precision=auto_precision(device),
         report=report,
         colab=colab,
         seed=seed,
         renderer=renderer,
+        size=size,
     )
     _current = env
     if not quiet:
@@ -119,16 +145,25 @@ def current() -> LabEnv | None:
     return _current
 
 
-def pick(value: T | None, *, smoke: T, full: T, is_smoke: bool | None = None) -> T:
-    """Resolve a ``None`` size parameter: ``smoke`` in smoke mode, else ``full``.
+def pick(value: T | None, *, smoke: T, full: T, standard: Any = _SAME_AS_SMOKE, size: str | None = None,
+         is_smoke: bool | None = None) -> T:
+    """Resolve a ``None`` size parameter: the ``smoke``, ``standard`` or ``full`` default.
 
-    ``is_smoke`` defaults to the mode given to the last :func:`setup` call.
+    ``size`` defaults to the size given to the last :func:`setup` call (``is_smoke``, the older
+    spelling, picks smoke or full). A parameter given no ``standard`` keeps its smoke value there.
     """
     if value is not None:
         return value
-    if is_smoke is None:
-        is_smoke = bool(_current.smoke) if _current is not None else False
-    return smoke if is_smoke else full
+    if size is None:
+        if is_smoke is not None:
+            size = "smoke" if is_smoke else "full"
+        else:
+            size = _current.size if _current is not None else "full"
+    if size == "full":
+        return full
+    if size == "standard" and standard is not _SAME_AS_SMOKE:
+        return standard
+    return smoke
 
 
 def seed_everything(seed: int) -> None:

@@ -25,24 +25,27 @@
 # - Tell pretraining from fine-tuning, and the Trainer API from your own loop.
 #
 # Run the cells top to bottom (JupyterLab, VS Code or Colab). The first code cell holds every
-# knob; sizes left at `None` are picked from `SMOKE` (tiny and fast) or the workshop defaults.
+# knob; sizes left at `None` are picked from the lab's size: `SMOKE = True` (tiny, about a
+# minute), `SIZE = "standard"` (tiny, a few minutes on a CPU) or the workshop defaults
+# (`smollm2-135m`, for a GPU).
 # `labkit report labs/00_*.ipynb -p NAME VALUE` runs the lab with other values and writes
 # an HTML report you can open offline.
 
 # %% tags=["parameters"]
-SMOKE = False  # True: tiny sizes (CI, a quick look); False: workshop sizes
-MODEL = "smollm2-135m"  # "tiny" in smoke mode; any HF id or local folder works too
+SMOKE = False  # True: the smoke size (CI, a first look: tiny, about a minute)
+SIZE: str | None = None  # "smoke" | "standard" (tiny, curves that separate, minutes on a CPU) | "full" (the workshop, a GPU); None: from SMOKE
+MODEL: str | None = None  # None: "tiny" at smoke and standard size, "smollm2-135m" at full size; any HF id or local folder works too
 SEED = 0
 LANGUAGE = "en"  # "ko": panel labels and help in Korean
 REUSE_RUNS = True  # reuse finished training runs from the run store (LABKIT_HOME/runs)
 TASK = "text2sql"
-BATCH_SIZE: int | None = None  # None: 4 in smoke mode, 8 otherwise
-SEQ_LEN: int | None = None  # None: 128 / 192
-PRETRAIN_STEPS: int | None = None  # None: 15 / 150
+BATCH_SIZE: int | None = None  # None: 4 / 8 / 8 (smoke / standard / full)
+SEQ_LEN: int | None = None  # None: 128 / 128 / 192
+PRETRAIN_STEPS: int | None = None  # None: 15 / 60 / 150
 PRETRAIN_CHARS = 200_000  # characters of Shakespeare for the fresh pretraining run
-TRAIN_EXAMPLES: int | None = None  # None: 64 in smoke mode, the whole train split otherwise
-FINETUNE_STEPS: int | None = None  # None: 6 / 60
-EVAL_EXAMPLES: int | None = None  # None: 4 / 40
+TRAIN_EXAMPLES: int | None = None  # None: 64 / 256 / the whole train split (smoke / standard / full)
+FINETUNE_STEPS: int | None = None  # None: 6 / 30 / 60
+EVAL_EXAMPLES: int | None = None  # None: 4 / 12 / 40
 LR = 1e-4
 
 # %%
@@ -54,13 +57,14 @@ if "google.colab" in sys.modules or importlib.util.find_spec("labkit") is None:
 
 # %%
 from labkit.notebook import setup, pick, record, takeaway, curves, table
-LAB = setup(SMOKE, seed=SEED, language=LANGUAGE)
-BATCH_SIZE = pick(BATCH_SIZE, smoke=4, full=8)
-SEQ_LEN = pick(SEQ_LEN, smoke=128, full=192)
-PRETRAIN_STEPS = pick(PRETRAIN_STEPS, smoke=15, full=150)
-TRAIN_EXAMPLES = pick(TRAIN_EXAMPLES, smoke=64, full=None)
-FINETUNE_STEPS = pick(FINETUNE_STEPS, smoke=6, full=60)
-EVAL_EXAMPLES = pick(EVAL_EXAMPLES, smoke=4, full=40)
+LAB = setup(SMOKE, size=SIZE, seed=SEED, language=LANGUAGE)
+MODEL = pick(MODEL, smoke="tiny", standard="tiny", full="smollm2-135m")
+BATCH_SIZE = pick(BATCH_SIZE, smoke=4, standard=8, full=8)
+SEQ_LEN = pick(SEQ_LEN, smoke=128, standard=128, full=192)
+PRETRAIN_STEPS = pick(PRETRAIN_STEPS, smoke=15, standard=60, full=150)
+TRAIN_EXAMPLES = pick(TRAIN_EXAMPLES, smoke=64, standard=256, full=None)
+FINETUNE_STEPS = pick(FINETUNE_STEPS, smoke=6, standard=30, full=60)
+EVAL_EXAMPLES = pick(EVAL_EXAMPLES, smoke=4, standard=12, full=40)
 
 # %%
 from labkit.train import RunStore, TrainConfig, train

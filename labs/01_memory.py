@@ -25,18 +25,21 @@
 # - Gradient checkpointing: memory saved, time paid. ZeRO stages over N GPUs.
 #
 # Run the cells top to bottom (JupyterLab, VS Code or Colab). The first code cell holds every
-# knob; sizes left at `None` are picked from `SMOKE` (tiny and fast) or the workshop defaults.
+# knob; sizes left at `None` are picked from the lab's size: `SMOKE = True` (tiny, about a
+# minute), `SIZE = "standard"` (tiny, a few minutes on a CPU) or the workshop defaults
+# (`smollm2-135m`, for a GPU).
 # `labkit report labs/01_*.ipynb -p NAME VALUE` runs the lab with other values and writes
 # an HTML report you can open offline.
 
 # %% tags=["parameters"]
-SMOKE = False  # True: tiny sizes (CI, a quick look); False: workshop sizes
-MODEL = "smollm2-135m"  # "tiny" in smoke mode; any HF id or local folder works too
+SMOKE = False  # True: the smoke size (CI, a first look: tiny, about a minute)
+SIZE: str | None = None  # "smoke" | "standard" (tiny, curves that separate, minutes on a CPU) | "full" (the workshop, a GPU); None: from SMOKE
+MODEL: str | None = None  # None: "tiny" at smoke and standard size, "smollm2-135m" at full size; any HF id or local folder works too
 SEED = 0
 LANGUAGE = "en"  # "ko": panel labels and help in Korean
 REUSE_RUNS = True  # reuse finished training runs from the run store (LABKIT_HOME/runs)
-BATCH_SIZES: list | None = None  # micro-batches for batch vs accumulation (effective batch = max); None: [2, 8] / [1, 2, 4, 8]
-SEQ_LEN: int | None = None  # None: 64 in smoke mode, 256 otherwise (the panel offers 64, 128, 256, ...)
+BATCH_SIZES: list | None = None  # micro-batches for batch vs accumulation (effective batch = max); None: [2, 8] / [1, 2, 8] / [1, 2, 4, 8]
+SEQ_LEN: int | None = None  # None: 64 / 128 / 256 (smoke / standard / full; the panel offers 64, 128, 256, ...)
 GPUS = 8  # for the ZeRO estimate
 
 # %%
@@ -48,9 +51,10 @@ if "google.colab" in sys.modules or importlib.util.find_spec("labkit") is None:
 
 # %%
 from labkit.notebook import setup, pick, record, takeaway, table
-LAB = setup(SMOKE, seed=SEED, language=LANGUAGE)
-SEQ_LEN = pick(SEQ_LEN, smoke=64, full=256)
-BATCH_SIZES = pick(BATCH_SIZES, smoke=[2, 8], full=[1, 2, 4, 8])
+LAB = setup(SMOKE, size=SIZE, seed=SEED, language=LANGUAGE)
+MODEL = pick(MODEL, smoke="tiny", standard="tiny", full="smollm2-135m")
+SEQ_LEN = pick(SEQ_LEN, smoke=64, standard=128, full=256)
+BATCH_SIZES = pick(BATCH_SIZES, smoke=[2, 8], standard=[1, 2, 8], full=[1, 2, 4, 8])
 EFFECTIVE_BATCH = max(BATCH_SIZES)
 DEVICE = "cuda" if LAB.device == "cuda" else "cpu"
 

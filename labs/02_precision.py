@@ -23,18 +23,21 @@
 # - See fp16 gradients underflow and loss scaling bring them back.
 #
 # Run the cells top to bottom (JupyterLab, VS Code or Colab). The first code cell holds every
-# knob; sizes left at `None` are picked from `SMOKE` (tiny and fast) or the workshop defaults.
+# knob; sizes left at `None` are picked from the lab's size: `SMOKE = True` (tiny, about a
+# minute), `SIZE = "standard"` (tiny, a few minutes on a CPU) or the workshop defaults
+# (`smollm2-135m`, for a GPU).
 # `labkit report labs/02_*.ipynb -p NAME VALUE` runs the lab with other values and writes
 # an HTML report you can open offline.
 
 # %% tags=["parameters"]
-SMOKE = False  # True: tiny sizes (CI, a quick look); False: workshop sizes
-MODEL = "smollm2-135m"  # "tiny" in smoke mode; any HF id or local folder works too
+SMOKE = False  # True: the smoke size (CI, a first look: tiny, about a minute)
+SIZE: str | None = None  # "smoke" | "standard" (tiny, curves that separate, minutes on a CPU) | "full" (the workshop, a GPU); None: from SMOKE
+MODEL: str | None = None  # None: "tiny" at smoke and standard size, "smollm2-135m" at full size; any HF id or local folder works too
 SEED = 0
 LANGUAGE = "en"  # "ko": panel labels and help in Korean
 REUSE_RUNS = True  # reuse finished training runs from the run store (LABKIT_HOME/runs)
 VALUE = 0.1  # the number the format explorer starts with
-STEPS: int | None = None  # None: 6 in smoke mode, 40 otherwise
+STEPS: int | None = None  # None: 6 / 20 / 40 (smoke / standard / full)
 PRECISIONS = ["fp32", "amp-fp16", "amp-fp16-scaled", "amp-bf16", "bf16"]
 LOSS_MULTIPLIER: float | None = None  # shrinks the loss so fp16 gradients underflow; None: labkit's measured value
 
@@ -47,8 +50,9 @@ if "google.colab" in sys.modules or importlib.util.find_spec("labkit") is None:
 
 # %%
 from labkit.notebook import setup, pick, record, takeaway, table
-LAB = setup(SMOKE, seed=SEED, language=LANGUAGE)
-STEPS = pick(STEPS, smoke=6, full=40)
+LAB = setup(SMOKE, size=SIZE, seed=SEED, language=LANGUAGE)
+MODEL = pick(MODEL, smoke="tiny", standard="tiny", full="smollm2-135m")
+STEPS = pick(STEPS, smoke=6, standard=20, full=40)
 from labkit.precision.mixed import UNDERFLOW_MULTIPLIER
 LOSS_MULTIPLIER = LOSS_MULTIPLIER if LOSS_MULTIPLIER is not None else UNDERFLOW_MULTIPLIER
 
@@ -88,7 +92,7 @@ takeaway("bf16 trades precision for fp32's range; fp16 is more precise but overf
 # %%
 from labkit.panels.precision import TrainingComparisonPanel
 from labkit.precision.mixed import demo_config
-SIZES = dict(batch_size=4, seq_len=64) if SMOKE else {}  # fp16 matmuls are slow on CPU: keep smoke runs small
+SIZES = dict(batch_size=4, seq_len=64) if LAB.size != "full" else {}  # fp16 matmuls are slow on CPU: keep CPU sizes small
 comparison = TrainingComparisonPanel(config=demo_config(steps=STEPS, loss_multiplier=LOSS_MULTIPLIER, seed=SEED, **SIZES),
                                      steps=STEPS, loss_multiplier=LOSS_MULTIPLIER, store=STORE)
 for name, box in comparison.boxes.items():

@@ -24,18 +24,21 @@
 # - Choose target modules; compare merged and separate (attached) serving.
 #
 # Run the cells top to bottom (JupyterLab, VS Code or Colab). The first code cell holds every
-# knob; sizes left at `None` are picked from `SMOKE` (tiny and fast) or the workshop defaults.
+# knob; sizes left at `None` are picked from the lab's size: `SMOKE = True` (tiny, about a
+# minute), `SIZE = "standard"` (tiny, a few minutes on a CPU) or the workshop defaults
+# (`smollm2-135m`, for a GPU).
 # `labkit report labs/04_*.ipynb -p NAME VALUE` runs the lab with other values and writes
 # an HTML report you can open offline.
 
 # %% tags=["parameters"]
-SMOKE = False  # True: tiny sizes (CI, a quick look); False: workshop sizes
-MODEL = "smollm2-135m"  # "tiny" in smoke mode; any HF id or local folder works too
+SMOKE = False  # True: the smoke size (CI, a first look: tiny, about a minute)
+SIZE: str | None = None  # "smoke" | "standard" (tiny, curves that separate, minutes on a CPU) | "full" (the workshop, a GPU); None: from SMOKE
+MODEL: str | None = None  # None: "tiny" at smoke and standard size, "smollm2-135m" at full size; any HF id or local folder works too
 SEED = 0
 LANGUAGE = "en"  # "ko": panel labels and help in Korean
 REUSE_RUNS = True  # reuse finished training runs from the run store (LABKIT_HOME/runs)
 RANKS = [2, 8, 32]
-STEPS: int | None = None  # None: 4 in smoke mode, 60 otherwise
+STEPS: int | None = None  # None: 4 / 20 / 60 (smoke / standard / full)
 ALPHA_POLICIES = ["fixed", "rslora"]  # compared with the sweep's α = 2r
 FULL_FINETUNE = True  # add a full fine-tuning point to the sweep
 
@@ -48,11 +51,12 @@ if "google.colab" in sys.modules or importlib.util.find_spec("labkit") is None:
 
 # %%
 from labkit.notebook import setup, pick, record, takeaway, curves, table
-LAB = setup(SMOKE, seed=SEED, language=LANGUAGE)
-STEPS = pick(STEPS, smoke=4, full=60)
+LAB = setup(SMOKE, size=SIZE, seed=SEED, language=LANGUAGE)
+MODEL = pick(MODEL, smoke="tiny", standard="tiny", full="smollm2-135m")
+STEPS = pick(STEPS, smoke=4, standard=20, full=60)
 SWEEP_OPTIONS = dict(precision=LAB.precision)  # bf16 autocast on a capable GPU, fp16 + scaling on a T4, fp32 on CPU
-if SMOKE:
-    SWEEP_OPTIONS.update(batch_size=4, seq_len=128, eval_examples=4)
+if LAB.size != "full":
+    SWEEP_OPTIONS.update(batch_size=4, seq_len=128, eval_examples=pick(None, smoke=4, standard=12, full=40))
 
 # %%
 from labkit.train import RunStore

@@ -24,19 +24,22 @@
 # - Merging vs ensembling: accuracy and cost.
 #
 # Run the cells top to bottom (JupyterLab, VS Code or Colab). The first code cell holds every
-# knob; sizes left at `None` are picked from `SMOKE` (tiny and fast) or the workshop defaults.
+# knob; sizes left at `None` are picked from the lab's size: `SMOKE = True` (tiny, about a
+# minute), `SIZE = "standard"` (tiny, a few minutes on a CPU) or the workshop defaults
+# (`smollm2-135m`, for a GPU).
 # `labkit report labs/05_*.ipynb -p NAME VALUE` runs the lab with other values and writes
 # an HTML report you can open offline.
 
 # %% tags=["parameters"]
-SMOKE = False  # True: tiny sizes (CI, a quick look); False: workshop sizes
-MODEL = "smollm2-135m"  # "tiny" in smoke mode; any HF id or local folder works too
+SMOKE = False  # True: the smoke size (CI, a first look: tiny, about a minute)
+SIZE: str | None = None  # "smoke" | "standard" (tiny, curves that separate, minutes on a CPU) | "full" (the workshop, a GPU); None: from SMOKE
+MODEL: str | None = None  # None: "tiny" at smoke and standard size, "smollm2-135m" at full size; any HF id or local folder works too
 SEED = 0
 LANGUAGE = "en"  # "ko": panel labels and help in Korean
 REUSE_RUNS = True  # reuse finished training runs from the run store (LABKIT_HOME/runs)
-STEPS: int | None = None  # None: 6 in smoke mode, 80 otherwise
-EVAL_EXAMPLES: int | None = None  # None: 4 / 40
-MAX_NEW_TOKENS: int | None = None  # answer tokens generated per eval question; None: 64 / 160
+STEPS: int | None = None  # None: 6 / 24 / 80 (smoke / standard / full)
+EVAL_EXAMPLES: int | None = None  # None: 4 / 8 / 40
+MAX_NEW_TOKENS: int | None = None  # answer tokens generated per eval question; None: 64 / 96 / 160
 
 # %%
 # Colab (or any Python without labkit): install it. Elsewhere this cell does nothing.
@@ -47,10 +50,11 @@ if "google.colab" in sys.modules or importlib.util.find_spec("labkit") is None:
 
 # %%
 from labkit.notebook import setup, pick, record, takeaway, table
-LAB = setup(SMOKE, seed=SEED, language=LANGUAGE)
-STEPS = pick(STEPS, smoke=6, full=80)
-EVAL_EXAMPLES = pick(EVAL_EXAMPLES, smoke=4, full=40)
-MAX_NEW_TOKENS = pick(MAX_NEW_TOKENS, smoke=64, full=160)
+LAB = setup(SMOKE, size=SIZE, seed=SEED, language=LANGUAGE)
+MODEL = pick(MODEL, smoke="tiny", standard="tiny", full="smollm2-135m")
+STEPS = pick(STEPS, smoke=6, standard=24, full=80)
+EVAL_EXAMPLES = pick(EVAL_EXAMPLES, smoke=4, standard=8, full=40)
+MAX_NEW_TOKENS = pick(MAX_NEW_TOKENS, smoke=64, standard=96, full=160)
 
 # %%
 from labkit.train import RunStore
@@ -83,7 +87,7 @@ record("slerp_mid_norm", float(mid_slerp.norm()))
 
 # %%
 from labkit.merge.experiment import TaskEvaluator, comparison_table, merge_path, train_specialists
-TRAIN = dict(precision=LAB.precision, **(dict(batch_size=4, seq_len=128, warmup_steps=1) if SMOKE else {}))
+TRAIN = dict(precision=LAB.precision, **(dict(batch_size=4, seq_len=128, warmup_steps=1) if LAB.size != "full" else {}))
 spec = train_specialists(MODEL, "text2sql", "json_extract", method="full", steps=STEPS, seed=SEED,
                          store=STORE, **TRAIN)
 evaluator = TaskEvaluator(spec.base_model, spec.tokenizer, "text2sql", "json_extract", n_eval=EVAL_EXAMPLES,
@@ -100,7 +104,8 @@ record("specialists_trained", sorted(spec.records))
 
 # %%
 from labkit.panels.merge import MergePanel
-grid = dict(ts=[0.0, 0.5, 1.0], lambdas=[0.5, 1.0], densities=(0.5,)) if SMOKE else {}
+grid = pick(None, smoke=dict(ts=[0.0, 0.5, 1.0], lambdas=[0.5, 1.0], densities=(0.5,)),
+            standard=dict(ts=[0.0, 0.25, 0.5, 0.75, 1.0], lambdas=[0.5, 1.0, 1.5], densities=(0.3, 0.6)), full={})
 path = merge_path(spec, evaluator, seed=SEED, **grid)
 panel = MergePanel(path)
 panel
@@ -114,8 +119,8 @@ panel
 # accuracy, at two forward passes per token; a merge costs one.
 
 # %%
-comparison = comparison_table(spec, evaluator, seed=SEED, cost_examples=2 if SMOKE else 8,
-                              cost_tokens=8 if SMOKE else 24)
+comparison = comparison_table(spec, evaluator, seed=SEED, cost_examples=pick(None, smoke=2, standard=4, full=8),
+                              cost_tokens=pick(None, smoke=8, standard=16, full=24))
 display(table([{"approach": name, **{k: r[k] for k in ("acc_a", "acc_b", "loss_a", "loss_b", "ms_per_token",
                                                       "forward_passes_per_token")}}
                for name, r in comparison.rows.items()]))

@@ -24,21 +24,24 @@
 # - Batch size vs stability; gradient accumulation equivalence, measured.
 #
 # Run the cells top to bottom (JupyterLab, VS Code or Colab). The first code cell holds every
-# knob; sizes left at `None` are picked from `SMOKE` (tiny and fast) or the workshop defaults.
+# knob; sizes left at `None` are picked from the lab's size: `SMOKE = True` (tiny, about a
+# minute), `SIZE = "standard"` (tiny, a few minutes on a CPU) or the workshop defaults
+# (`smollm2-135m`, for a GPU).
 # `labkit report labs/06_*.ipynb -p NAME VALUE` runs the lab with other values and writes
 # an HTML report you can open offline.
 
 # %% tags=["parameters"]
-SMOKE = False  # True: tiny sizes (CI, a quick look); False: workshop sizes
-MODEL = "smollm2-135m"  # "tiny" in smoke mode; any HF id or local folder works too
+SMOKE = False  # True: the smoke size (CI, a first look: tiny, about a minute)
+SIZE: str | None = None  # "smoke" | "standard" (tiny, curves that separate, minutes on a CPU) | "full" (the workshop, a GPU); None: from SMOKE
+MODEL: str | None = None  # None: "tiny" at smoke and standard size, "smollm2-135m" at full size; any HF id or local folder works too
 SEED = 0
 LANGUAGE = "en"  # "ko": panel labels and help in Korean
 REUSE_RUNS = True  # reuse finished training runs from the run store (LABKIT_HOME/runs)
 LRS = [1e-4, 1e-3, 1e-2]  # full fine-tuning learning rates to compare
-RANGE_TEST_LRS: list | None = None  # None: [1e-4, 1e-2, 1e-1] in smoke mode, [1e-5 ... 1e-1] otherwise
-BATCH_SIZES: list | None = None  # None: [1, 8] / [1, 4, 16]
-STEPS: int | None = None  # None: 8 in smoke mode, 80 otherwise
-SEQ_LEN: int | None = None  # None: 96 / 160
+RANGE_TEST_LRS: list | None = None  # None: [1e-4, 1e-2, 1e-1] / [1e-5 ... 1e-1] / [1e-5 ... 1e-1] (smoke / standard / full)
+BATCH_SIZES: list | None = None  # None: [1, 8] / [1, 4, 8] / [1, 4, 16]
+STEPS: int | None = None  # None: 8 / 30 / 80 (smoke / standard / full)
+SEQ_LEN: int | None = None  # None: 96 / 96 / 160
 
 # %%
 # Colab (or any Python without labkit): install it. Elsewhere this cell does nothing.
@@ -49,11 +52,12 @@ if "google.colab" in sys.modules or importlib.util.find_spec("labkit") is None:
 
 # %%
 from labkit.notebook import setup, pick, record, takeaway, curves, table
-LAB = setup(SMOKE, seed=SEED, language=LANGUAGE)
-STEPS = pick(STEPS, smoke=8, full=80)
-SEQ_LEN = pick(SEQ_LEN, smoke=96, full=160)
-RANGE_TEST_LRS = pick(RANGE_TEST_LRS, smoke=[1e-4, 1e-2, 1e-1], full=[1e-5, 1e-4, 1e-3, 1e-2, 1e-1])
-BATCH_SIZES = pick(BATCH_SIZES, smoke=[1, 8], full=[1, 4, 16])
+LAB = setup(SMOKE, size=SIZE, seed=SEED, language=LANGUAGE)
+MODEL = pick(MODEL, smoke="tiny", standard="tiny", full="smollm2-135m")
+STEPS = pick(STEPS, smoke=8, standard=30, full=80)
+SEQ_LEN = pick(SEQ_LEN, smoke=96, standard=96, full=160)
+RANGE_TEST_LRS = pick(RANGE_TEST_LRS, smoke=[1e-4, 1e-2, 1e-1], standard=[1e-5, 1e-4, 1e-3, 1e-2, 1e-1], full=[1e-5, 1e-4, 1e-3, 1e-2, 1e-1])
+BATCH_SIZES = pick(BATCH_SIZES, smoke=[1, 8], standard=[1, 4, 8], full=[1, 4, 16])
 from labkit.notebook import volatility
 
 # %%

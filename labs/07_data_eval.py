@@ -25,20 +25,23 @@
 # - RAG vs fine-tuning: information vs behaviour, on a small example.
 #
 # Run the cells top to bottom (JupyterLab, VS Code or Colab). The first code cell holds every
-# knob; sizes left at `None` are picked from `SMOKE` (tiny and fast) or the workshop defaults.
+# knob; sizes left at `None` are picked from the lab's size: `SMOKE = True` (tiny, about a
+# minute), `SIZE = "standard"` (tiny, a few minutes on a CPU) or the workshop defaults
+# (`smollm2-135m`, for a GPU).
 # `labkit report labs/07_*.ipynb -p NAME VALUE` runs the lab with other values and writes
 # an HTML report you can open offline.
 
 # %% tags=["parameters"]
-SMOKE = False  # True: tiny sizes (CI, a quick look); False: workshop sizes
-MODEL = "smollm2-135m"  # "tiny" in smoke mode; any HF id or local folder works too
+SMOKE = False  # True: the smoke size (CI, a first look: tiny, about a minute)
+SIZE: str | None = None  # "smoke" | "standard" (tiny, curves that separate, minutes on a CPU) | "full" (the workshop, a GPU); None: from SMOKE
+MODEL: str | None = None  # None: "tiny" at smoke and standard size, "smollm2-135m" at full size; any HF id or local folder works too
 SEED = 0
 LANGUAGE = "en"  # "ko": panel labels and help in Korean
 REUSE_RUNS = True  # reuse finished training runs from the run store (LABKIT_HOME/runs)
 NOISE_RATE = 0.3  # share of training records damaged before cleaning
-STEPS: int | None = None  # None: 6 in smoke mode, 80 otherwise
-TRAIN_RECORDS: int | None = None  # None: 64 / all
-EVAL_EXAMPLES: int | None = None  # None: 4 / 40
+STEPS: int | None = None  # None: 6 / 30 / 80 (smoke / standard / full)
+TRAIN_RECORDS: int | None = None  # None: 64 / 256 / all
+EVAL_EXAMPLES: int | None = None  # None: 4 / 12 / 40
 LR = 1e-3
 
 # %%
@@ -50,10 +53,11 @@ if "google.colab" in sys.modules or importlib.util.find_spec("labkit") is None:
 
 # %%
 from labkit.notebook import setup, pick, record, takeaway, curves, table
-LAB = setup(SMOKE, seed=SEED, language=LANGUAGE)
-STEPS = pick(STEPS, smoke=6, full=80)
-TRAIN_RECORDS = pick(TRAIN_RECORDS, smoke=64, full=None)
-EVAL_EXAMPLES = pick(EVAL_EXAMPLES, smoke=4, full=40)
+LAB = setup(SMOKE, size=SIZE, seed=SEED, language=LANGUAGE)
+MODEL = pick(MODEL, smoke="tiny", standard="tiny", full="smollm2-135m")
+STEPS = pick(STEPS, smoke=6, standard=30, full=80)
+TRAIN_RECORDS = pick(TRAIN_RECORDS, smoke=64, standard=256, full=None)
+EVAL_EXAMPLES = pick(EVAL_EXAMPLES, smoke=4, standard=12, full=40)
 
 # %%
 from labkit.train import RunStore, TrainConfig, train

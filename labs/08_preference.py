@@ -28,19 +28,21 @@
 # - Place PPO (classic RLHF) and GRPO (what replaced it in practice) next to them.
 #
 # Run the cells top to bottom. The first code cell holds every knob; sizes left at `None` are
-# picked from `SMOKE` (tiny and fast) or the workshop defaults.
+# picked from the lab's size: `SMOKE = True` (tiny, about a minute), `SIZE = "standard"` (tiny, a few
+# minutes on a CPU) or the workshop defaults (`smollm2-135m`, for a GPU).
 
 # %% tags=["parameters"]
-SMOKE = False  # True: tiny sizes (CI, a quick look); False: workshop sizes
-MODEL = "smollm2-135m"  # "tiny" in smoke mode; any HF id or local folder works too
+SMOKE = False  # True: the smoke size (CI, a first look: tiny, about a minute)
+SIZE: str | None = None  # "smoke" | "standard" (tiny, curves that separate, minutes on a CPU) | "full" (the workshop, a GPU); None: from SMOKE
+MODEL: str | None = None  # None: "tiny" at smoke and standard size, "smollm2-135m" at full size; any HF id or local folder works too
 SEED = 0
 LANGUAGE = "en"  # "ko": panel labels and help in Korean
 REUSE_RUNS = True  # reuse finished training runs from the run store (LABKIT_HOME/runs)
 BETA = 0.1  # DPO's β: how far the policy may move from the reference
-SFT_STEPS: int | None = None  # None: 20 in smoke mode, 150 otherwise
-DPO_STEPS: int | None = None  # None: 6 / 60
-TRAIN_QUESTIONS: int | None = None  # None: 24 / 300 (each gives up to four pairs)
-EVAL_QUESTIONS: int | None = None  # None: 10 / 60
+SFT_STEPS: int | None = None  # None: 20 / 60 / 150 (smoke / standard / full)
+DPO_STEPS: int | None = None  # None: 6 / 20 / 60
+TRAIN_QUESTIONS: int | None = None  # None: 24 / 80 / 300 (each gives up to four pairs)
+EVAL_QUESTIONS: int | None = None  # None: 10 / 24 / 60
 BEST_OF: int = 4  # samples per question for best-of-n
 
 # %%
@@ -52,12 +54,13 @@ if "google.colab" in sys.modules or importlib.util.find_spec("labkit") is None:
 
 # %%
 from labkit.notebook import setup, pick, record, takeaway, curves, table
-LAB = setup(SMOKE, seed=SEED, language=LANGUAGE)
-SFT_STEPS = pick(SFT_STEPS, smoke=20, full=150)
-DPO_STEPS = pick(DPO_STEPS, smoke=6, full=60)
-TRAIN_QUESTIONS = pick(TRAIN_QUESTIONS, smoke=24, full=300)
-EVAL_QUESTIONS = pick(EVAL_QUESTIONS, smoke=10, full=60)
-MAX_NEW_TOKENS = pick(None, smoke=48, full=160)  # generation budget of the execution-accuracy cells
+LAB = setup(SMOKE, size=SIZE, seed=SEED, language=LANGUAGE)
+MODEL = pick(MODEL, smoke="tiny", standard="tiny", full="smollm2-135m")
+SFT_STEPS = pick(SFT_STEPS, smoke=20, standard=60, full=150)
+DPO_STEPS = pick(DPO_STEPS, smoke=6, standard=20, full=60)
+TRAIN_QUESTIONS = pick(TRAIN_QUESTIONS, smoke=24, standard=80, full=300)
+EVAL_QUESTIONS = pick(EVAL_QUESTIONS, smoke=10, standard=24, full=60)
+MAX_NEW_TOKENS = pick(None, smoke=48, standard=96, full=160)  # generation budget of the execution-accuracy cells
 from labkit.train import RunStore
 STORE = RunStore() if REUSE_RUNS else None
 PROGRESS = not LAB.report
@@ -165,7 +168,7 @@ record("reward_model_accuracy", rm_accuracy)
 # %%
 from labkit.prefs.bestofn import best_of_n
 from labkit.tasks import evaluate_model
-questions = records["eval"][:EVAL_QUESTIONS // 3 if SMOKE else EVAL_QUESTIONS]
+questions = records["eval"][:EVAL_QUESTIONS // 3 if LAB.smoke else EVAL_QUESTIONS]
 from labkit.models import load_model
 scores = {name: evaluate_model(m, tokenizer, "text2sql", questions, MAX_NEW_TOKENS, return_predictions=True)
           for name, m in (("base (no SFT)", load_model(MODEL)), ("SFT", sft_model), ("SFT + DPO", run.model))}

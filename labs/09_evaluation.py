@@ -30,14 +30,15 @@
 # Run the cells top to bottom. The first code cell holds every knob.
 
 # %% tags=["parameters"]
-SMOKE = False  # True: tiny sizes (CI, a quick look); False: workshop sizes
-MODEL = "smollm2-135m"  # "tiny" in smoke mode; any HF id or local folder works too
+SMOKE = False  # True: the smoke size (CI, a first look: tiny, about a minute)
+SIZE: str | None = None  # "smoke" | "standard" (tiny, curves that separate, minutes on a CPU) | "full" (the workshop, a GPU); None: from SMOKE
+MODEL: str | None = None  # None: "tiny" at smoke and standard size, "smollm2-135m" at full size; any HF id or local folder works too
 SEED = 0
 LANGUAGE = "en"  # "ko": panel labels and help in Korean
 REUSE_RUNS = True  # reuse finished training runs from the run store (LABKIT_HOME/runs)
-PER_TEMPLATE: int | None = None  # None: 6 questions per fact template in smoke mode, 25 otherwise
-JUDGE_PAIRS: int | None = None  # None: 8 / 60
-LEAK_STEPS: int | None = None  # None: 15 / 60
+PER_TEMPLATE: int | None = None  # None: 6 / 12 / 25 questions per fact template (smoke / standard / full)
+JUDGE_PAIRS: int | None = None  # None: 8 / 24 / 60
+LEAK_STEPS: int | None = None  # None: 15 / 30 / 60
 
 # %%
 # Colab (or any Python without labkit): install it. Elsewhere this cell does nothing.
@@ -48,10 +49,11 @@ if "google.colab" in sys.modules or importlib.util.find_spec("labkit") is None:
 
 # %%
 from labkit.notebook import setup, pick, record, takeaway, curves, table
-LAB = setup(SMOKE, seed=SEED, language=LANGUAGE)
-PER_TEMPLATE = pick(PER_TEMPLATE, smoke=6, full=25)
-JUDGE_PAIRS = pick(JUDGE_PAIRS, smoke=8, full=60)
-LEAK_STEPS = pick(LEAK_STEPS, smoke=15, full=60)
+LAB = setup(SMOKE, size=SIZE, seed=SEED, language=LANGUAGE)
+MODEL = pick(MODEL, smoke="tiny", standard="tiny", full="smollm2-135m")
+PER_TEMPLATE = pick(PER_TEMPLATE, smoke=6, standard=12, full=25)
+JUDGE_PAIRS = pick(JUDGE_PAIRS, smoke=8, standard=24, full=60)
+LEAK_STEPS = pick(LEAK_STEPS, smoke=15, standard=30, full=60)
 from labkit.models import load_model, load_tokenizer
 model, tokenizer = load_model(MODEL), load_tokenizer(MODEL)
 

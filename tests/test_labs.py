@@ -141,13 +141,28 @@ def test_first_code_cell_is_parameters(lab):
     first = next(c for c in nb.cells if c.cell_type == "code")
     assert "parameters" in first.metadata.get("tags", []), f"{lab.name}: first code cell is not tagged parameters"
     params = notebook_parameters(lab)
-    assert params["SMOKE"].default is False
-    assert params["MODEL"].default == "smollm2-135m"
+    assert params["SMOKE"].default is False and params["SIZE"].default is None
+    assert params["MODEL"].default is None  # picked from the size, like every other size knob
     assert set(SMOKE) <= set(params)
     assert nb.cells[0].cell_type == "markdown" and "Goals" in nb.cells[0].source
     text = "\n".join(c.source for c in nb.cells)
     assert "takeaway(" in text or lab.stem.startswith(("01", "05")), f"{lab.name}: no takeaway"
     assert "Try this" in text
+
+
+@pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)
+def test_every_size_knob_has_a_standard_value(lab):
+    """Every ``pick(...)`` in a lab names its smoke, standard and full value; the model is one of them."""
+    import re
+
+    text = lab.with_suffix(".py").read_text(encoding="utf-8")
+    picks = re.findall(r"pick\((.*?)\)\s*(?:#.*)?$", text, re.M)
+    assert picks, f"{lab.name}: no pick() calls"
+    missing = [p for p in picks if not all(f"{k}=" in p for k in ("smoke", "standard", "full"))]
+    assert not missing, f"{lab.name}: pick() without a smoke/standard/full value: {missing}"
+    assert 'LAB = setup(SMOKE, size=SIZE' in text
+    assert 'MODEL = pick(MODEL, smoke="tiny", standard="tiny", full="smollm2-135m")' in text
+    assert not re.search(r"\bif SMOKE\b", text), f"{lab.name}: branches on SMOKE (use LAB.size or pick)"
 
 
 @pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)

@@ -154,11 +154,10 @@ def pair_batches(features: list[dict[str, list[int]]], batch_size: int, pad_id: 
     """Endless shuffled batches of ``batch_size`` pairs (a fresh permutation per epoch, fixed by ``seed``)."""
     if not 1 <= batch_size <= len(features):
         raise ValueError(f"batch_size: must be in [1, {len(features)}] (the pairs there are); got {batch_size}")
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        order = torch.randperm(len(features), generator=generator).tolist()
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            yield collate_pairs([features[i] for i in order[start: start + batch_size]], pad_id)
+    from labkit.train.data import shuffled_groups
+
+    for group in shuffled_groups(len(features), batch_size, seed):
+        yield collate_pairs([features[i] for i in group], pad_id)
 
 
 # --------------------------------------------------------------------------------------

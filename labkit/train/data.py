@@ -142,21 +142,29 @@ def batches(
     return _batches(features, batch_size, pad_id, seed, rank, world_size, packing, pack_width)
 
 
+def shuffled_groups(n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> Iterator[list[int]]:
+    """Endless groups of ``batch_size`` indices into ``n`` items: a fresh permutation per epoch
+    (fixed by ``seed``), the ragged tail of each epoch dropped; process ``rank`` of ``world_size``
+    gets every ``world_size``-th group. The one batch order of the engine and the DPO loop."""
+    generator = torch.Generator().manual_seed(seed)
+    index = 0
+    while True:
+        order = torch.randperm(n, generator=generator).tolist()
+        for start in range(0, n - batch_size + 1, batch_size):
+            if index % world_size == rank:
+                yield order[start : start + batch_size]
+            index += 1
+
+
 def _batches(
     features: list[dict[str, list[int]]], batch_size: int, pad_id: int, seed: int, rank: int, world_size: int,
     packing: bool = False, pack_width: int | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     from labkit.tasks import collate
 
-    generator = torch.Generator().manual_seed(seed)
-    index = 0
-    while True:
-        order = torch.randperm(len(features), generator=generator).tolist()
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            if index % world_size == rank:
-                chosen = [features[i] for i in order[start : start + batch_size]]
-                if not packing:
-                    yield collate(chosen, pad_id)
-                else:  # rows no wider than the longest example: attention never costs more than padded
-                    yield pack(chosen, pad_id, pack_width or max(len(f["input_ids"]) for f in chosen))
-            index += 1
+    for group in shuffled_groups(len(features), batch_size, seed, rank, world_size):
+        chosen = [features[i] for i in group]
+        if not packing:
+            yield collate(chosen, pad_id)
+        else:  # rows no wider than the longest example: attention never costs more than padded
+            yield pack(chosen, pad_id, pack_width or max(len(f["input_ids"]) for f in chosen))
