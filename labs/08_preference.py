@@ -143,6 +143,7 @@ beta_figure(chosen_lr, rejected_lr).show()
 rows = beta_table(chosen_lr, rejected_lr)
 display(table(rows))
 record("loss_small_beta", rows[0]["mean_loss"])
+record("loss_large_beta", rows[-1]["mean_loss"])
 record("saturated_small_beta", rows[0]["saturated"])
 record("saturated_large_beta", rows[-1]["saturated"])
 

@@ -6,6 +6,41 @@ import pytest
 import torch
 
 
+def _share_the_cores_between_workers() -> None:
+    """Under pytest-xdist (``-n N``) each worker gets cores // N torch threads, and so do the
+    processes it starts (lab kernels, CLI runs): N workers × all cores would oversubscribe the
+    CPU, and OpenMP's spinning threads then make every test slower, not faster."""
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+_share_the_cores_between_workers()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """For ``-n N --dist loadgroup`` (the README's command): a module with a module-scoped fixture runs
+    on one worker (its fixture is built once), every other test goes wherever a worker is free; and the
+    longest work starts first (``slow`` tests, then the lab smokes), so no worker is left with it at the end."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        scopes = {d.scope for defs in (info.name2fixturedefs.values() if info else ()) for d in defs}
+        if scopes & {"module", "class"} and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+    def first(item: pytest.Item) -> int:
+        if item.get_closest_marker("slow"):
+            return 0
+        group = item.get_closest_marker("xdist_group")
+        return 1 if group and group.args and group.args[0] == "labs" else 2
+
+    items.sort(key=first)  # stable: collection order within each rank
+
+
 def requires_cuda(test):
     """Decorator for GPU-only tests: marks ``gpu`` and skips where no CUDA device exists."""
     test = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test)

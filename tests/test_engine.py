@@ -29,6 +29,7 @@ def test_causal_lm_loss_matches_transformers(tiny):
     assert torch.allclose(ours, out.loss, atol=1e-5)
 
 
+@pytest.mark.slow  # over a minute on 2 cores: started first under xdist
 def test_full_finetune_beats_the_base_on_execution_accuracy(tiny):
     """On 40 held-out questions whose entity values never occur in training, fine-tuned tiny runs
     to the right rows where the base gets none: it writes the query and copies the name from the
@@ -185,6 +186,7 @@ def test_multitask_evaluates_each_task(tiny):
     assert set(record["eval"]) == {"text2sql", "json_extract"}
 
 
+@pytest.mark.slow  # over a minute on 2 cores: started first under xdist
 def test_smollm2_lora_beats_its_base_on_execution_accuracy():
     """The real SmolLM2-135M (fetched from PyPI, converted once): 24 LoRA steps on CPU take it from
     0 correct queries to many (0.30 measured at lr 2e-3; 40 steps at 1e-3 gave 0.40), on held-out

@@ -25,6 +25,8 @@ from labkit.report import notebook_parameters, run_report
 ROOT = Path(__file__).resolve().parents[1]
 LABS = sorted((ROOT / "labs").glob("[0-9][0-9]_*.ipynb"))
 SMOKE = {"SMOKE": True, "MODEL": "tiny", "REUSE_RUNS": False}
+# Under pytest-xdist (``--dist loadgroup``) every lab smoke runs on one worker: TIMINGS is per process.
+pytestmark = pytest.mark.xdist_group("labs")
 TIMINGS: dict[str, float] = {}
 STARTED: set[str] = set()  # labs whose smoke run began (each must end up in TIMINGS)
 
@@ -103,8 +105,9 @@ CHECKS = {
          lambda r: r["dpo_status"] == "ok" and abs(r["dpo_first_loss"] - math.log(2)) < 1e-3),
         ("the DPO policy ranks chosen above rejected more often than chance",
          lambda r: r["reward_acc_dpo"] > 0.5 and 0 <= r["pref_acc_sft"] <= 1),
-        ("a small beta keeps the loss near log 2, a larger one saturates more pairs",
-         lambda r: abs(r["loss_small_beta"] - math.log(2)) < 0.05 and r["saturated_large_beta"] > r["saturated_small_beta"]),
+        ("a small beta keeps the loss near log 2 (nearer than a large one), a larger one saturates more pairs",
+         lambda r: abs(r["loss_small_beta"] - math.log(2)) < min(0.1, abs(r["loss_large_beta"] - math.log(2)))
+         and r["saturated_large_beta"] > r["saturated_small_beta"]),
         ("the reward model ranks held-out pairs better than chance", lambda r: 0.5 < r["reward_model_accuracy"] <= 1),
         ("best-of-n's oracle is at least greedy", lambda r: r["ex_best_of_n_oracle"] >= r["ex_sft"]),
     ],
