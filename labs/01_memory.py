@@ -63,9 +63,12 @@ DEVICE = "cuda" if LAB.device == "cuda" else "cpu"
 #
 # Pick a model, method (full / LoRA / QLoRA), precision, optimizer, batch and sequence
 # length: the panel estimates weights, gradients, optimizer state and activations, says
-# whether the step fits the chosen GPU, and lists the cheapest fixes. **Measure** runs the
-# same setup here for three real optimizer steps and draws the measured bars beside the
-# estimate.
+# whether the step fits the chosen GPU — judged on an upper bound that adds what an estimate
+# cannot know (does your loop keep the logits? how much allocator slack?), with the point
+# estimate beside it — and lists the cheapest fixes. **Measure** runs the same setup here for
+# three real optimizer steps and draws the measured bars beside the estimate; **Calibrate**
+# runs two short real runs (1/8 and 1/4 of the length) and draws the estimate corrected by
+# what this machine added, next to the uncorrected curve.
 
 # %%
 from labkit.memory.estimate import estimate
@@ -104,8 +107,8 @@ record("estimate_over_measured_peak", est.peak / measured.peak)
 from labkit.memory.advice import fixes, greedy_plan
 big = MemorySetup(method="full", precision="amp-bf16", batch=16, seq=2048, device="cuda")
 need = estimate("smollm2-135m", big)
-print(f"needs {need.total / 2**30:.1f} GiB; a 16 GB GPU has {16e9 / 2**30:.1f} GiB → "
-      f"{'fits' if need.total < 16e9 else 'OUT OF MEMORY'}")
+print(f"needs {need.total / 2**30:.1f} GiB (upper bound {need.upper_total / 2**30:.1f}); a 16 GB GPU has "
+      f"{16e9 / 2**30:.1f} GiB → {'fits' if need.fits(int(16e9)) else 'OUT OF MEMORY'}")
 options = fixes("smollm2-135m", big, int(16e9))
 display(table([{"one change": f.label, "total GiB": f.total / 2**30, "fits": f.fits} for f in options[:6]]))
 plan = greedy_plan("smollm2-135m", big, int(16e9))  # cheapest changes, one after another, until it fits

@@ -351,8 +351,15 @@ def test_upper_bound_names_its_terms_and_is_never_below_the_point() -> None:
                         optimizer="adamw8bit", seq=4096, checkpointing=True)
     r = estimate("llama-3.1-8b", setup)
     up = r.info["upper"]
-    assert set(up["terms"]) == {"kept_logits", "allocator_slack", "cuda_context"}
-    assert up["terms"]["kept_logits"] == 4096 * arch_info("llama-3.1-8b").vocab * 4
+    assert set(up["terms"]) == {"kept_logits", "kv_repeat", "allocator_slack", "cuda_context"}
+    a = arch_info("llama-3.1-8b")
+    assert up["terms"]["kept_logits"] == 4096 * a.vocab * 4
+    # checkpointing: one recomputed layer's K/V repeated from 8 to 32 heads, bf16
+    assert up["terms"]["kv_repeat"] == 4096 * 2 * (a.heads - a.kv_heads) * a.head_dim * 2
+    no_gqa = estimate("gpt2", MemorySetup(method="lora", seq=512))  # 12 heads, 12 key/value heads
+    assert "kv_repeat" not in no_gqa.info["upper"]["terms"]
+    full = estimate("llama-3.1-8b", setup.replace(checkpointing=False), keeps_logits=False)
+    assert full.info["upper"]["terms"]["kv_repeat"] == a.layers * up["terms"]["kv_repeat"]
     assert up["peak"] >= r.peak and up["total"] > r.total
     # a setup whose point estimate fits by a hair is *not* called a fit
     assert not r.fits(r.total) and r.fits(up["total"])

@@ -49,10 +49,23 @@ def test_verdict_and_cheapest_fixes() -> None:
     p.method.value = "lora"
     p.batch.value = 1
     p.seq.value = 512
-    assert p.model.current_model == "smollm2-135m" and p.result.total <= p.model.gpu_bytes and not p.fixes
+    assert p.model.current_model == "smollm2-135m" and p.result.fits(p.model.gpu_bytes) and not p.fixes
     assert p.result.total == estimate("smollm2-135m", p.model.setup()).total
-    p.gpu.value = 80
-    assert p.fig.data[8].y[0] == 80
+    assert "Fits: at most" in p.verdict.value and "point estimate" in p.verdict.value
+
+
+def test_the_verdict_comes_from_the_upper_bound_not_the_point_estimate() -> None:
+    """A 16 GB card holds the point estimate (13.8 GB) but not the upper bound (16.7 GB): "does not fit"."""
+    setup = MemorySetup(method="qlora", rank=32, targets="all-linear", precision="amp-bf16", optimizer="adamw8bit",
+                        batch=1, seq=2048, checkpointing=True)
+    p = MemoryPanel("llama-3.1-8b", setup=setup, gpu_gb=16)
+    r = p.result
+    assert r.total <= p.model.gpu_bytes < r.upper_total
+    assert "Does not fit" in p.verdict.value and "point estimate" in p.verdict.value
+    assert "kept logits" in p.verdict.value  # the uncertain terms are named
+    assert p.fixes  # and the cheapest changes are offered
+    p.gpu.value = 24
+    assert "Fits: at most" in p.verdict.value and not p.fixes
 
 
 def test_invalid_input_shows_a_message_not_a_traceback() -> None:
@@ -80,6 +93,26 @@ def test_measure_button_overlays_measured_bars() -> None:
     assert traced["activations"] > 0
 
 
+def test_calibrate_button_draws_the_calibrated_curve_beside_the_estimate() -> None:
+    p = MemoryPanel(toy_config("llama"), setup=MemorySetup(method="lora", batch=1, seq=256), device="cpu")
+    cal = p.run_calibrate()
+    assert cal is not None and p.errors == [] and p.calibration is cal
+    assert [pt["seq"] for pt in cal.points] == [32, 64]  # 1/8 and 1/4 of the length asked about
+    xs, ys = p.state["seq_curve"]
+    assert list(p.fig.data[15].x) == list(xs)
+    for x, y, calibrated in zip(xs, ys, p.fig.data[15].y):
+        assert calibrated == pytest.approx(y + (cal.offset + cal.slope * x) / GiB)
+    assert list(p.fig.data[16].x) == [64]  # drawn where the curve has that length (it starts at 64)
+    assert "uncalibrated" in p.note.value and "s=256" in p.note.value
+    p.batch.value = 2  # another setup: the old calibration is not drawn for it
+    assert p.calibration is None and list(p.fig.data[15].x) == [] and list(p.fig.data[16].x) == []
+
+
+def test_calibrate_refuses_what_does_not_fit_here() -> None:
+    p = MemoryPanel("llama-3.1-70b", setup=MemorySetup(method="full", batch=1, seq=512), device="cpu")
+    assert p.run_calibrate() is None and "free" in p.errors[0]
+
+
 def test_measure_refuses_what_does_not_fit_here() -> None:
     p = MemoryPanel("llama-3.1-70b", setup=MemorySetup(method="full", batch=1, seq=512), device="cpu")
     assert p.run_measure() is None and "free" in p.errors[0]
@@ -102,7 +135,7 @@ def test_model_alone_and_widget_wiring() -> None:
 def test_figures_and_strings() -> None:
     p = MemoryPanel("gpt2", setup=MemorySetup(batch=2, seq=256))
     figs = p.figures()
-    assert len(figs) == 1 and isinstance(figs[0], go.Figure) and len(figs[0].data) == 15
+    assert len(figs) == 1 and isinstance(figs[0], go.Figure) and len(figs[0].data) == 17
     assert all(v["ko"] for k, v in all_strings().items() if k.startswith("mem."))
 
 

@@ -38,11 +38,15 @@ class Calibration:
     slope: float = 0.0  # bytes per token (batch × seq) of the residual
     source: str = ""  # what the measured peaks are
 
+    def residual(self, tokens: int) -> float:
+        """The fitted residual (measured − estimated bytes) at ``tokens`` = batch × seq."""
+        return self.offset + self.slope * tokens
+
     @property
     def calibrated_peak(self) -> int:
         """The estimate's peak at the target plus the fitted residual there (never below zero)."""
         tokens = self.setup.batch * self.setup.seq
-        return max(0, int(round(self.uncalibrated.peak + self.offset + self.slope * tokens)))
+        return max(0, int(round(self.uncalibrated.peak + self.residual(tokens))))
 
     def to_json(self) -> dict[str, Any]:
         return {"seq": self.setup.seq, "uncalibrated_peak": int(self.uncalibrated.peak),
@@ -68,8 +72,12 @@ def _measured_peak(result: Breakdown) -> int:
 
 
 def calibrate(model: Any, setup: MemorySetup, *, seqs: tuple[int, int] | None = None, steps: int = 3,
-              device: str | None = None) -> Calibration:
-    """Measure ``setup`` at two short lengths, fit the residual, extrapolate to ``setup.seq``."""
+              device: str | None = None, check_fits: bool = True) -> Calibration:
+    """Measure ``setup`` at two short lengths, fit the residual, extrapolate to ``setup.seq``.
+
+    ``check_fits``: refuse (:class:`labkit.memory.measure.MeasureRefused`) a calibration length whose
+    estimate would not fit this machine, instead of running it (the target length itself is never run).
+    """
     measure = importlib.import_module("labkit.memory.measure").measure
     seqs = seqs or calibration_lengths(setup)
     if len(seqs) != 2 or not all(isinstance(s, int) and s >= 1 for s in seqs) or seqs[0] == seqs[1]:
@@ -81,7 +89,7 @@ def calibrate(model: Any, setup: MemorySetup, *, seqs: tuple[int, int] | None = 
     points = []
     for seq in seqs:
         s = target.replace(seq=seq)
-        measured = measure(model, s, steps=steps, device=dev, check_fits=False)
+        measured = measure(model, s, steps=steps, device=dev, check_fits=check_fits)
         est = estimate(model, s)
         points.append({"seq": seq, "measured": _measured_peak(measured), "estimated": int(est.peak)})
     (s1, r1), (s2, r2) = [(p["seq"] * setup.batch, p["measured"] - p["estimated"]) for p in points]

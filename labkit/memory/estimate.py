@@ -246,6 +246,11 @@ def upper_bound(arch: ArchInfo, setup: MemorySetup, comp: dict[str, int], trans:
 
     * the training loop keeping its output (unknown → assume kept, in fp32 as transformers < 4.46
       returned it): + b·s·V·4 at every moment;
+    * GQA K/V repeated to all heads before attention (``kv_repeat``): the point estimate saves K/V at the
+      key/value heads, as SDPA with ``enable_gqa`` and flash-attention keep them; transformers' SDPA path
+      repeats them (``repeat_kv``) whenever an attention mask is passed (padded batches, packing; see
+      ``use_gqa_in_sdpa``), and torchtune's attention always expands them: + 2·(H − K)·d per token per
+      layer (one layer with checkpointing);
     * allocator slack (reserved − allocated): 5 % in the point estimate, up to 15 % here;
     * CUDA context and kernel workspaces: 512 MiB in the point estimate, up to 1 GiB here.
     """
@@ -255,7 +260,12 @@ def upper_bound(arch: ArchInfo, setup: MemorySetup, comp: dict[str, int], trans:
         kept = setup.batch * setup.seq * arch.vocab * 4
         terms["kept_logits"] = kept - trans.get("kept_logits", 0)
         t_up["kept_logits"] = kept
-    up_peak = max(moments_from(comp, setup, t_up).values()) if setup.trains else peak
+    comp_up = dict(comp)
+    repeat = kv_repeat_bytes(arch, setup)
+    if repeat:
+        terms["kv_repeat"] = repeat
+        comp_up["activations"] = comp.get("activations", 0) + repeat
+    up_peak = max(moments_from(comp_up, setup, t_up).values()) if setup.trains else peak
     if setup.device == "cuda":
         frag = int(FRAGMENTATION_UPPER * up_peak)
         terms["allocator_slack"] = frag - int(FRAGMENTATION * peak)
@@ -266,6 +276,17 @@ def upper_bound(arch: ArchInfo, setup: MemorySetup, comp: dict[str, int], trans:
     return {"peak": int(up_peak), "reserved": int(up_peak + frag), "total": int(total),
             "terms": {k: int(v) for k, v in terms.items()},
             "note": "fits/margin use this bound: point estimate + the uncertain terms at their largest"}
+
+
+def kv_repeat_bytes(arch: ArchInfo, setup: MemorySetup) -> int:
+    """Saved bytes K/V take beyond the key/value heads when repeated to all heads (0 without GQA or when
+    the walk already repeats them: eager attention, the math path)."""
+    H, K = arch.heads or 0, arch.kv_heads or 0
+    if not setup.trains or arch.family is None or H <= K or setup.attn == "eager" or not arch.sdpa_supported:
+        return 0
+    b = 2 if (setup.amp or setup.compute in ("fp16", "bf16")) else 4
+    layers = 1 if setup.checkpointing else arch.layers
+    return layers * setup.batch * setup.seq * 2 * (H - K) * arch.head_dim * b
 
 
 def validate_against(arch: ArchInfo, setup: MemorySetup) -> None:

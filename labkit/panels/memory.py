@@ -6,6 +6,9 @@ computes with :func:`labkit.memory.estimate.estimate` (pure formulas, fast enoug
 every slider move), :func:`labkit.memory.advice.fixes`, :func:`labkit.memory.measure.measure` and
 :func:`labkit.memory.trace.trace_activations`; the panel links its controls to the model and draws
 one ``go.FigureWidget`` with three subplots. (The model given to the panel is ``panel.model.given``.)
+The Calibrate button (:func:`labkit.memory.calibrate.calibrate`) runs a few real steps at two short
+lengths here, fits what the machine adds beyond the estimate, and draws the calibrated curve beside
+the uncalibrated one.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from labkit.i18n import register, t
 from labkit.memory.advice import fixes
 from labkit.memory.arch import ArchError, arch_info, catalog_names
 from labkit.memory.breakdown import COMPONENTS, GiB, Breakdown, fmt_bytes
+from labkit.memory.calibrate import Calibration, calibration_lengths
 from labkit.memory.estimate import estimate
 from labkit.memory.setup import ATTN, METHODS, MODES, OPTIMIZERS, PRECISIONS, MemorySetup, SetupError
 from labkit.panels.base import Panel, link
@@ -45,6 +49,16 @@ register({
     "mem.gpu": ("GPU memory", "GPU 메모리"),
     "mem.measure": ("Measure on this machine", "이 컴퓨터에서 측정"),
     "mem.trace": ("Exact activation trace", "정확한 활성화 추적"),
+    "mem.calibrate": ("Calibrate from short runs", "짧은 실행으로 보정"),
+    "mem.calibrating": ("Calibrating: {steps} real steps at s={s1} and s={s2}…",
+                        "보정 중: s={s1}, s={s2}에서 실제 {steps} 스텝…"),
+    "mem.calibrated": ("calibrated", "보정"),
+    "mem.calibration_points": ("calibration runs", "보정 실행"),
+    "mem.calibrated_note": ("Calibrated on {device} from real steps at s={s1} and s={s2}: peak at s={seq} "
+                            "uncalibrated {unc}, calibrated {cal} ({diff:+.1f}%); residual {offset} + {slope:.1f} B "
+                            "per token ({source}).",
+                            "{device}에서 s={s1}, s={s2}의 실제 스텝으로 보정: s={seq}에서 최대 보정 전 {unc}, "
+                            "보정 후 {cal} ({diff:+.1f}%); 잔차 {offset} + 토큰당 {slope:.1f} B ({source})."),
     "mem.t.bar": ("Bytes per component (GB)", "구성 요소별 메모리 (GB)"),
     "mem.t.seq": ("Peak vs sequence length", "시퀀스 길이별 최대 메모리"),
     "mem.t.batch": ("Peak vs micro-batch", "배치 크기별 최대 메모리"),
@@ -52,10 +66,12 @@ register({
     "mem.measured": ("measured", "측정"),
     "mem.peak": ("peak", "최대"),
     "mem.gpu_line": ("GPU memory", "GPU 메모리"),
-    "mem.fits": ("Fits: {total} of {gpu} ({margin} to spare). Peak at {moment}.",
-                 "들어갑니다: {gpu} 중 {total} (여유 {margin}). 최대 시점: {moment}."),
-    "mem.nofit": ("Does not fit: needs {total}, {over} more than {gpu}.",
-                  "들어가지 않습니다: {total} 필요, {gpu}보다 {over} 초과."),
+    "mem.fits": ("Fits: at most {upper} of {gpu} ({margin} to spare; point estimate {total}). Peak at {moment}.",
+                 "들어갑니다: {gpu} 중 최대 {upper} (여유 {margin}; 점 추정 {total}). 최대 시점: {moment}."),
+    "mem.nofit": ("Does not fit: needs up to {upper} (point estimate {total}), {over} more than {gpu}.",
+                  "들어가지 않습니다: 최대 {upper} 필요 (점 추정 {total}), {gpu}보다 {over} 초과."),
+    "mem.uncertain": ("The verdict uses the upper bound; it adds what the estimate cannot know: {terms}.",
+                      "판정은 상한을 씁니다. 추정이 알 수 없는 항목을 더합니다: {terms}."),
     "mem.fixes": ("Cheapest changes:", "가장 저렴한 변경:"),
     "mem.nofix": ("No single change fits; combine them or use more GPUs.",
                   "단일 변경으로는 부족합니다. 여러 변경을 조합하거나 GPU를 늘리세요."),
@@ -160,7 +176,7 @@ class MemoryPanelModel(traitlets.HasTraits):
             "seq_curve": self.curve(setup, "seq", SEQ_CHOICES),
             "batch_curve": self.curve(setup, "batch", BATCH_CURVE),
             "fixes": fixes(model, setup, self.gpu_bytes, base_total=result.total)
-            if result.total > self.gpu_bytes else [],
+            if not result.fits(self.gpu_bytes) else [],
             "formula": formula_lines(model, setup, result),
         }
 
@@ -169,6 +185,19 @@ class MemoryPanelModel(traitlets.HasTraits):
         from labkit.memory.measure import measure
 
         return measure(self.current_model, self.setup(device=self.device), steps=steps, device=self.device)
+
+    def calibrate(self, steps: int = 2) -> Calibration:
+        """``steps`` real steps at two short lengths on ``device``, the residual fitted and extrapolated
+        to this setup's length (MeasureRefused if a calibration length would not fit here)."""
+        from labkit.memory.calibrate import calibrate
+
+        return calibrate(self.current_model, self.setup(device=self.device), steps=steps, device=self.device)
+
+    def calibrated_curve(self, calibration: Calibration, curve: tuple[list, list]) -> tuple[list, list]:
+        """The peak-vs-length curve (GB) with the calibration's fitted residual added at each length."""
+        xs, ys = curve
+        batch = calibration.setup.batch
+        return list(xs), [y + calibration.residual(batch * x) / GiB for x, y in zip(xs, ys)]
 
     def trace(self) -> dict[str, Any]:
         """The exact activation inventory (fake-tensor forward) and the formula's number beside it."""
@@ -217,11 +246,13 @@ class MemoryPanel(Panel):
                                     description=t("mem.gpu"))
         self.measure_button = widgets.Button(description=t("mem.measure"), icon="play")
         self.trace_button = widgets.Button(description=t("mem.trace"), icon="search")
+        self.calibrate_button = widgets.Button(description=t("mem.calibrate"), icon="sliders")
         self.verdict = widgets.HTML()
         self.note = widgets.HTML()
         self.formula = widgets.HTML()
         self.state: dict[str, Any] | None = None
         self.measured: Breakdown | None = None
+        self.calibration: Calibration | None = None
         self.fig = go.FigureWidget(self._empty_figure())
         self.controls = (self.model_dd, self.method, self.rank, self.targets, self.precision, self.optimizer,
                          self.batch, self.seq, self.grad_accum, self.checkpointing, self.attn, self.mode,
@@ -231,13 +262,14 @@ class MemoryPanel(Panel):
         m.observe(lambda _c: self.update(), names=traitlets.All)
         self.measure_button.on_click(lambda _b: self.run_measure())
         self.trace_button.on_click(lambda _b: self.run_trace())
+        self.calibrate_button.on_click(lambda _b: self.run_calibrate())
         self.update()
         self.widget = widgets.VBox([
             widgets.HBox([self.model_dd, self.method, self.rank, self.targets]),
             widgets.HBox([self.precision, self.optimizer, self.attn, self.mode]),
             widgets.HBox([self.batch, self.seq, self.grad_accum, self.checkpointing]),
             widgets.HBox([self.gen_len, self.gpus, self.zero, self.gpu]),
-            widgets.HBox([self.measure_button, self.trace_button]),
+            widgets.HBox([self.measure_button, self.calibrate_button, self.trace_button]),
             self.message, self.verdict, self.fig, self.note, self.formula,
         ])
 
@@ -283,6 +315,10 @@ class MemoryPanel(Panel):
                                  showlegend=False), 1, 3)
         fig.add_trace(go.Scatter(x=[], y=[], mode="markers", marker={"size": 11, "color": "black"},  # 14
                                  showlegend=False), 1, 3)
+        fig.add_trace(go.Scatter(x=[], y=[], mode="lines", name=t("mem.calibrated"),  # 15
+                                 line={"dash": "dot", "color": "#2ca02c"}), 1, 2)
+        fig.add_trace(go.Scatter(x=[], y=[], mode="markers", name=t("mem.calibration_points"),  # 16
+                                 marker={"symbol": "x", "size": 10, "color": "#2ca02c"}), 1, 2)
         fig.update_layout(barmode="stack", height=420, margin={"t": 40})
         fig.update_xaxes(type="log", title_text="tokens", row=1, col=2)
         fig.update_xaxes(type="log", title_text="batch", row=1, col=3)
@@ -303,6 +339,7 @@ class MemoryPanel(Panel):
         self.clear_error()
         self.state = state
         self.measured = None
+        self.calibration = None
         result = state["result"]
         gb = [result.bytes[k] / GiB for k in COMPONENTS]
         gpu = m.gpu_gb
@@ -315,20 +352,27 @@ class MemoryPanel(Panel):
                 self.fig.data[idx].x, self.fig.data[idx].y = xs, ys
                 self.fig.data[idx + 1].x, self.fig.data[idx + 1].y = [xs[0], xs[-1]] if xs else [], [gpu, gpu]
                 self.fig.data[idx + 2].x, self.fig.data[idx + 2].y = [], []
+            for idx in (15, 16):  # a calibration belongs to the setup it was made for
+                self.fig.data[idx].x, self.fig.data[idx].y = [], []
         self.verdict.value = self._verdict_html(result)
         self.formula.value = self._formula_html(state["formula"])
         self.note.value = ""
 
     def _verdict_html(self, r: Breakdown) -> str:
-        gpu = self.gpu_bytes
-        if r.total <= gpu:
-            text = t("mem.fits", total=fmt_bytes(r.total), gpu=fmt_bytes(gpu), margin=fmt_bytes(gpu - r.total),
-                     moment=r.info.get("peak_moment", ""))
-            return f'<div style="color:#1b5e20;font-weight:600">{html.escape(text)}</div>'
-        text = t("mem.nofit", total=fmt_bytes(r.total), over=fmt_bytes(r.total - gpu), gpu=fmt_bytes(gpu))
+        """Fits / does not fit from the upper bound (``Breakdown.fits``), the point estimate beside it."""
+        gpu, upper = self.gpu_bytes, r.upper_total
+        terms = (r.info.get("upper") or {}).get("terms", {})
+        named = ", ".join(f"{k.replace('_', ' ')} {fmt_bytes(v)}" for k, v in terms.items() if v > 0)
+        why = f'<div style="color:#555">{html.escape(t("mem.uncertain", terms=named))}</div>' if named else ""
+        if r.fits(gpu):
+            text = t("mem.fits", upper=fmt_bytes(upper), total=fmt_bytes(r.total), gpu=fmt_bytes(gpu),
+                     margin=fmt_bytes(gpu - upper), moment=r.info.get("peak_moment", ""))
+            return f'<div style="color:#1b5e20;font-weight:600">{html.escape(text)}</div>{why}'
+        text = t("mem.nofit", upper=fmt_bytes(upper), total=fmt_bytes(r.total), over=fmt_bytes(upper - gpu),
+                 gpu=fmt_bytes(gpu))
         items = "".join(f"<li>{html.escape(f.text())}</li>" for f in self.fixes[:4])
         tail = f"{html.escape(t('mem.fixes'))}<ul>{items}</ul>" if self.fixes else html.escape(t("mem.nofix"))
-        return f'<div style="color:#b00020;font-weight:600">{html.escape(text)}</div>{tail}'
+        return f'<div style="color:#b00020;font-weight:600">{html.escape(text)}</div>{why}{tail}'
 
     def _formula_html(self, rows: list[tuple[str, str, str]]) -> str:
         body = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td><code>{html.escape(f)}</code></td>"
@@ -365,6 +409,40 @@ class MemoryPanel(Panel):
         self.note.value = html.escape(t("mem.measured_note", device=measured.info.get("device", self.device),
                                         peak=fmt_bytes(measured.peak), how=how))
         return measured
+
+    def run_calibrate(self, steps: int = 2) -> Calibration | None:
+        """Calibrate this setup here (two short real runs) and draw the calibrated curve and its points."""
+        from labkit.memory.measure import MeasureRefused
+
+        try:
+            setup = self.setup(device=self.device)
+            s1, s2 = calibration_lengths(setup)
+            self.note.value = html.escape(t("mem.calibrating", steps=steps, s1=s1, s2=s2))
+            cal = self.model.calibrate(steps)
+        except (SetupError, ArchError, ValueError, MeasureRefused) as error:
+            self.show_error(error)
+            self.note.value = ""
+            return None
+        except RuntimeError as error:  # an out-of-memory is a result, not a crash
+            self.show_error(f"calibration failed: {str(error).splitlines()[0]}")
+            self.note.value = ""
+            return None
+        self.clear_error()
+        self.calibration = cal
+        xs, ys = self.model.calibrated_curve(cal, self.state["seq_curve"] if self.state else ([], []))
+        residuals = [p["measured"] - p["estimated"] for p in cal.points]
+        est_at = {x: y for x, y in zip(*self.state["seq_curve"])} if self.state else {}
+        with self.fig.batch_update():
+            self.fig.data[15].x, self.fig.data[15].y = xs, ys
+            # the two runs, drawn on the panel's curve where it has those lengths, shifted by their residual
+            pts = [(p["seq"], est_at[p["seq"]] + r / GiB) for p, r in zip(cal.points, residuals) if p["seq"] in est_at]
+            self.fig.data[16].x, self.fig.data[16].y = [x for x, _ in pts], [y for _, y in pts]
+        unc, calp = cal.uncalibrated.peak, cal.calibrated_peak
+        self.note.value = html.escape(t(
+            "mem.calibrated_note", device=cal.setup.device, s1=cal.points[0]["seq"], s2=cal.points[1]["seq"],
+            seq=cal.setup.seq, unc=fmt_bytes(unc), cal=fmt_bytes(calp), diff=(calp - unc) / unc * 100 if unc else 0.0,
+            offset=fmt_bytes(cal.offset), slope=cal.slope, source=cal.source))
+        return cal
 
     def run_trace(self) -> dict[str, Any] | None:
         """The exact activation inventory (fake-tensor forward) beside the formula's number."""
