@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -20,6 +22,23 @@ def _share_the_cores_between_workers() -> None:
 
 
 _share_the_cores_between_workers()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under xdist, the controller pretrains ``tiny`` (when LABKIT_HOME lacks it) with every core before
+    the workers start: in a worker it would run on one core while the other worker's tests wait for it.
+    A failed build is left to the tests that need tiny to report."""
+    config = session.config
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None) \
+            or config.getoption("dist", "no") == "no":
+        return
+    from labkit.models.tiny import default_tiny_dir, ensure_tiny, is_built
+
+    if not is_built(default_tiny_dir()):
+        try:
+            ensure_tiny(progress=False)
+        except Exception as error:  # noqa: BLE001 - reported by the tests that load tiny
+            print(f"conftest: could not pretrain tiny before the workers started: {error}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -69,3 +88,14 @@ try:
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 except ImportError:  # hypothesis is in the test extra; without it the property tests skip
     pass
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line with every lab's smoke time (the speed issue's per-lab figures), also under xdist,
+    where the workers' own prints are not shown: read from the test reports the controller holds."""
+    reports = [r for key in ("passed", "failed") for r in terminalreporter.stats.get(key, [])
+               if getattr(r, "when", "") == "call" and "test_lab_smoke[" in getattr(r, "nodeid", "")]
+    if reports:
+        times = {r.nodeid.split("[", 1)[1].rstrip("]"): r.duration for r in reports}
+        terminalreporter.write_line("lab smoke seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(times.items()))
+                                    + f"; total {sum(times.values()):.0f} s, slowest {max(times.values()):.0f} s")

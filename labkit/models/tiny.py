@@ -114,11 +114,15 @@ def is_built(folder: Path) -> bool:
 
 
 def _threads(num_threads: int | None) -> int:
+    """Threads for pretraining: ``num_threads``, else what torch is set to use here (``OMP_NUM_THREADS`` /
+    ``torch.set_num_threads``), never more than the cores this process may run on — a build started beside
+    other work that set fewer threads must not oversubscribe the CPU (2 threads on a busy 2-core box made
+    the build and its neighbour each about 2x slower)."""
     try:
         available = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
         available = os.cpu_count() or 1
-    return max(1, min(num_threads or available, available))
+    return max(1, min(num_threads or torch.get_num_threads(), available))
 
 
 # ---------------------------------------------------------------------------------------------
