@@ -60,6 +60,10 @@ def test_eval_pairs_use_only_held_out_entities(records):
 def test_bad_input_names_the_field():
     with pytest.raises(ValueError, match="beta: must be a finite number > 0"):
         DPOLoss(beta=0)
+    with pytest.raises(ValueError, match="sft_weight: must be a finite number >= 0"):
+        DPOLoss(sft_weight=-1.0)
+    with pytest.raises(ValueError, match="sft_weight"):
+        DPOLoss(sft_weight=float("nan"))
     with pytest.raises(ValueError, match="split: must be one of"):
         prefs_data.build_pairs(0, "random")
     with pytest.raises(ValueError, match="rules: must be a non-empty subset"):
@@ -75,8 +79,10 @@ def test_dpo_loss_is_the_formula():
     assert torch.allclose(rew_c, 0.5 * (c - rc)) and torch.allclose(rew_r, 0.5 * (r - rr))
 
 
-def test_dpo_loss_and_gradients_equal_trls(records, tiny):
-    """Same model, same reference, same batch: labkit's DPO loss and gradients = TRL DPOTrainer's."""
+@pytest.mark.parametrize("sft_weight", [0.0, 0.5], ids=["dpo", "dpo+sft(rpo)"])
+def test_dpo_loss_and_gradients_equal_trls(records, tiny, sft_weight):
+    """Same model, same reference, same batch: labkit's DPO loss and gradients = TRL DPOTrainer's
+    (with the SFT term: TRL's loss_type=["sigmoid", "sft"], loss_weights=[1, α])."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
     from trl.trainer.dpo_trainer import DataCollatorForPreference
@@ -88,8 +94,9 @@ def test_dpo_loss_and_gradients_equal_trls(records, tiny):
         for p in policy.parameters():
             p.add_(0.02 * torch.randn_like(p))
     features = tokenize_pairs(tok, prefs_data.pairs_for(records["eval"][:3], seed=0)[:4], 256)
+    mix = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, sft_weight]) if sft_weight else {}
     args = DPOConfig(output_dir=tempfile.mkdtemp(), beta=0.3, report_to="none", use_cpu=True,
-                     per_device_train_batch_size=4)
+                     per_device_train_batch_size=4, **mix)
     trainer = DPOTrainer(model=policy, ref_model=reference, args=args, processing_class=tok,
                          train_dataset=Dataset.from_list([{"prompt": "a", "chosen": "b", "rejected": "c"}] * 2))
     inputs = DataCollatorForPreference(pad_token_id=tok.pad_token_id)(features)
@@ -100,7 +107,7 @@ def test_dpo_loss_and_gradients_equal_trls(records, tiny):
 
     batch = collate_pairs(features, tok.pad_token_id)
     assert torch.equal(batch["input_ids"][batch["attention_mask"].bool()], inputs["input_ids"][inputs["attention_mask"].bool()])
-    ours = DPOLoss(beta=0.3, reference=reference)(policy, batch, 0)
+    ours = DPOLoss(beta=0.3, reference=reference, sft_weight=sft_weight)(policy, batch, 0)
     ours.backward()
     assert abs(float(ours) - float(trl_loss)) < 1e-5
     assert trl_grads

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from labkit.device import resolve_device
-from labkit.prefs.dpo import DPOLoss, check_beta, pair_batches, pair_logps, tokenize_pairs
+from labkit.prefs.dpo import DPOLoss, check_beta, check_sft_weight, pair_batches, pair_logps, tokenize_pairs
 from labkit.tasks.formatting import pad_token_id
 from labkit.train import RunStore, TrainConfig, train
 from labkit.train.engine import prepare_for_training
@@ -46,17 +46,21 @@ class DPORun:
 
 def dpo(sft_model: torch.nn.Module, tokenizer: Any, pairs: Sequence[dict[str, Any]], *, beta: float = 0.1,
         steps: int = 30, batch_size: int = 4, lr: float = 5e-3, rank: int = 8, seed: int = 0, max_len: int = 192,
-        model_name: str = "tiny", callbacks: Sequence[Any] = (), progress: bool = False) -> DPORun:
+        model_name: str = "tiny", callbacks: Sequence[Any] = (), progress: bool = False,
+        sft_weight: float = 0.0) -> DPORun:
     """LoRA-DPO on top of ``sft_model`` (left unchanged); the reference is the SFT model itself
-    (the policy with its adapters disabled)."""
+    (the policy with its adapters disabled). ``sft_weight``: α of the SFT term on the chosen answers
+    (RPO; 0 is plain DPO)."""
     check_beta(beta)
+    check_sft_weight(sft_weight)
+    extra = {"objective": "dpo", "beta": beta, **({"sft_weight": sft_weight} if sft_weight else {})}
     config = TrainConfig(model=model_name, method="lora", rank=rank, steps=steps, batch_size=batch_size, lr=lr,
                          warmup_steps=max(1, steps // 10), eval_examples=0, seed=seed, seq_len=max_len,
-                         extra={"objective": "dpo", "beta": beta})
+                         extra=extra)
     torch.manual_seed(seed)  # the same LoRA init for every β
     policy = prepare_for_training(copy.deepcopy(sft_model), config, resolve_device(None))
     features = tokenize_pairs(tokenizer, list(pairs), max_len)
-    loss = DPOLoss(beta=beta)
+    loss = DPOLoss(beta=beta, sft_weight=sft_weight)
     record = train(config, model=policy, batches=pair_batches(features, batch_size, pad_token_id(tokenizer), seed),
                    loss_fn=loss, callbacks=callbacks, progress=progress, raise_errors=True)
     return DPORun(record, policy, loss.history, beta)
