@@ -49,19 +49,19 @@ def run(model: str, *, sft_steps: int, dpo_steps: int, lr: float, beta: float, s
     base_ex = ex(load_model(model))
     rows.append({"model": "base (no SFT)", "execution_accuracy": base_ex["execution_accuracy"]})
     sft_ex = ex(sft_model)
-    sft_pref = None
+    sft_pref: dict[str, Any] = {}
     for alpha in sft_weights:
         policy = dpo(sft_model, tok, train_pairs, beta=beta, steps=dpo_steps, lr=lr, seed=seed, model_name=model,
                      sft_weight=alpha)
         report = dpo_report(policy, tok, eval_pairs)
-        sft_pref = report["sft"]["logp_accuracy"]
+        sft_pref = report["sft"]
         name = "SFT + DPO" if not alpha else f"SFT + DPO + {alpha:g}·SFT term (RPO)"
         rows.append({"model": name, "logp_accuracy": report["dpo"]["logp_accuracy"],
                      "reward_accuracy": report["dpo"]["reward_accuracy"], "margin": report["dpo"]["margin"],
                      "chosen_logps": report["dpo"]["chosen_logps"],
                      "execution_accuracy": ex(policy.model)["execution_accuracy"], "status": policy.record.status})
-    rows.insert(1, {"model": "SFT", "logp_accuracy": sft_pref, "execution_accuracy": sft_ex["execution_accuracy"],
-                    "chosen_logps": None})
+    rows.insert(1, {"model": "SFT", "logp_accuracy": sft_pref.get("logp_accuracy"),
+                    "execution_accuracy": sft_ex["execution_accuracy"], "chosen_logps": sft_pref.get("chosen_logps")})
     _, reward_model, _ = train_reward_model(sft_model, tok, train_pairs, steps=dpo_steps, model_name=model, lr=3e-4,
                                             seed=seed)
     rm_acc = pairwise_accuracy(reward_model, tok, eval_pairs)

@@ -22,7 +22,8 @@
 #   and a *rejected* answer (a plausible wrong query, checked wrong by running it).
 # - Train with **DPO** on top of a fine-tuned (SFT) model, through the same training step as
 #   every other run; watch the chosen and rejected log-probs move apart.
-# - See what **β** does to the implicit-reward margins and the loss.
+# - See what **β** does to the implicit-reward margins and the loss, and how DPO can push the
+#   chosen answers *down* too — and what an SFT term on them (RPO) changes.
 # - Compare with two baselines that need no policy training: a **reward model** (a scalar head
 #   trained on the same pairs) and **best-of-n** sampling scored by execution.
 # - Place PPO (classic RLHF) and GRPO (what replaced it in practice) next to them.
@@ -39,6 +40,7 @@ SEED = 0
 LANGUAGE = "en"  # "ko": panel labels and help in Korean
 REUSE_RUNS = True  # reuse finished training runs from the run store (LABKIT_HOME/runs)
 BETA = 0.1  # DPO's β: how far the policy may move from the reference
+SFT_WEIGHT = 1.0  # α of the SFT term on the chosen answers in the second DPO run (RPO; 0 would be plain DPO again)
 SFT_STEPS: int | None = None  # None: 20 / 60 / 150 (smoke / standard / full)
 DPO_STEPS: int | None = None  # None: 6 / 20 / 60
 TRAIN_QUESTIONS: int | None = None  # None: 24 / 80 / 300 (each gives up to four pairs)
@@ -127,6 +129,33 @@ record("pref_acc_dpo", report["dpo"]["logp_accuracy"])
 record("reward_acc_dpo", report["dpo"]["reward_accuracy"])
 
 # %% [markdown]
+# ### The likelihood trap, and an SFT term
+#
+# DPO's loss only sees the *gap* between the two log-ratios, so it can also fall by pushing both
+# answers down — the rejected one faster. On tiny that is what happens: the chosen queries get
+# less likely than under the SFT model, and greedy decoding, which needs them likely, writes
+# worse SQL (measured at workshop size: execution accuracy 0.20 after SFT, **0.00** after DPO).
+# **RPO** (Pang et al. 2024) adds the SFT loss on the chosen answers, α · mean NLL per token —
+# TRL's `loss_type=["sigmoid", "sft"]` — so the chosen answers must stay likely while the gap grows.
+
+# %%
+rpo = dpo(sft_model, tokenizer, train_pairs, beta=BETA, steps=DPO_STEPS, seed=SEED, model_name=MODEL,
+          sft_weight=SFT_WEIGHT, progress=PROGRESS)
+rpo_report = dpo_report(rpo, tokenizer, eval_pairs)
+curves({"DPO: chosen": [h["chosen_logps"] for h in history],
+        f"DPO + {SFT_WEIGHT:g}·SFT term: chosen": [h["chosen_logps"] for h in rpo.history]},
+       title="Chosen answers' log-probs during training: plain DPO vs DPO with the SFT term",
+       y_title="log π(chosen | prompt)").show()
+display(table([{"model": name, "held-out chosen log-prob": rep["chosen_logps"], "logp accuracy": rep["logp_accuracy"],
+                "implicit-reward accuracy": rep.get("reward_accuracy")}
+               for name, rep in (("SFT", report["sft"]), ("SFT + DPO", report["dpo"]),
+                                 (f"SFT + DPO + {SFT_WEIGHT:g}·SFT term", rpo_report["dpo"]))]))
+record("chosen_logps_sft", report["sft"]["chosen_logps"])
+record("chosen_logps_dpo", report["dpo"]["chosen_logps"])
+record("chosen_logps_rpo", rpo_report["dpo"]["chosen_logps"])
+record("reward_acc_rpo", rpo_report["dpo"]["reward_accuracy"])
+
+# %% [markdown]
 # ## 3 · What β does
 #
 # The same trained log-ratios, seen through different β (move the slider). Which answer wins
@@ -172,7 +201,8 @@ from labkit.tasks import evaluate_model
 questions = records["eval"][:EVAL_QUESTIONS // 3 if LAB.smoke else EVAL_QUESTIONS]
 from labkit.models import load_model
 scores = {name: evaluate_model(m, tokenizer, "text2sql", questions, MAX_NEW_TOKENS, return_predictions=True)
-          for name, m in (("base (no SFT)", load_model(MODEL)), ("SFT", sft_model), ("SFT + DPO", run.model))}
+          for name, m in (("base (no SFT)", load_model(MODEL)), ("SFT", sft_model), ("SFT + DPO", run.model),
+                          (f"SFT + DPO + {SFT_WEIGHT:g}·SFT term", rpo.model))}
 bon = best_of_n(sft_model, tokenizer, questions, n=BEST_OF, seed=SEED, greedy=scores["SFT"]["predictions"],
                 max_new_tokens=MAX_NEW_TOKENS,
                 scorer=lambda ex, answers: score_answers(reward_model, tokenizer, ex, answers))
@@ -182,6 +212,7 @@ rows += [{"model": f"SFT, best-of-{BEST_OF} ({picker})", "execution accuracy": b
 display(table(rows))
 record("ex_sft", scores["SFT"]["execution_accuracy"])
 record("ex_dpo", scores["SFT + DPO"]["execution_accuracy"])
+record("ex_rpo", scores[f"SFT + DPO + {SFT_WEIGHT:g}·SFT term"]["execution_accuracy"])
 record("ex_best_of_n_oracle", bon["oracle"])
 record("ex_best_of_n_runs", bon["runs"])
 
@@ -206,6 +237,8 @@ takeaway("Preference tuning needs pairs and a reference: DPO turns them into a c
 # ## Try this
 #
 # - `BETA = 0.5` or `0.02`: does the held-out accuracy change, or only the margins?
+# - `SFT_WEIGHT = 0.2` or `5`: how much of the SFT term keeps the chosen answers likely, and what
+#   does too much of it do to the preference accuracy?
 # - `MODEL = "tiny"`: the same lab in a few minutes on a CPU.
 # - Fewer rules: `pairs_for(records["train"], SEED, rules=("invented_table",))` — the easy pairs only.
 

@@ -105,9 +105,13 @@ CHECKS = {
          lambda r: r["dpo_status"] == "ok" and abs(r["dpo_first_loss"] - math.log(2)) < 1e-3),
         ("the DPO policy ranks chosen above rejected more often than chance",
          lambda r: r["reward_acc_dpo"] > 0.5 and 0 <= r["pref_acc_sft"] <= 1),
-        ("a small beta keeps the loss near log 2 (nearer than a large one), a larger one saturates more pairs",
-         lambda r: abs(r["loss_small_beta"] - math.log(2)) < min(0.1, abs(r["loss_large_beta"] - math.log(2)))
-         and r["saturated_large_beta"] > r["saturated_small_beta"]),
+        # (the mean loss at a large beta is no yardstick: saturated pairs near 0 and wrong ones far above
+        # log 2 can average to about log 2 — 0.670 at standard size — so the saturation count says it)
+        ("a small beta keeps the loss near log 2, a larger one saturates more pairs",
+         lambda r: abs(r["loss_small_beta"] - math.log(2)) < 0.1 and r["saturated_large_beta"] > r["saturated_small_beta"]
+         and 0 <= r["loss_large_beta"]),
+        ("the SFT term keeps the held-out chosen answers more likely than plain DPO does",
+         lambda r: r["chosen_logps_rpo"] > r["chosen_logps_dpo"] and 0 <= r["ex_rpo"] <= 1),
         ("the reward model ranks held-out pairs better than chance", lambda r: 0.5 < r["reward_model_accuracy"] <= 1),
         ("best-of-n's oracle is at least greedy", lambda r: r["ex_best_of_n_oracle"] >= r["ex_sft"]),
     ],

@@ -79,5 +79,6 @@ def dpo_report(run: DPORun, tokenizer: Any, eval_pairs: Sequence[dict[str, Any]]
     after = {"logp_accuracy": float((policy[0] > policy[1]).float().mean()),
              "chosen_logps": float(policy[0].mean()), "rejected_logps": float(policy[1].mean()),
              "reward_accuracy": float((margins > 0).float().mean()), "margin": float(margins.mean()), "n": len(pairs)}
-    before = {"logp_accuracy": float((reference[0] > reference[1]).float().mean())}
+    before = {"logp_accuracy": float((reference[0] > reference[1]).float().mean()),
+              "chosen_logps": float(reference[0].mean()), "rejected_logps": float(reference[1].mean())}
     return {"sft": before, "dpo": after, "beta": run.beta, "logratios": logratios}
