@@ -134,7 +134,9 @@ record("reward_acc_dpo", report["dpo"]["reward_accuracy"])
 # DPO's loss only sees the *gap* between the two log-ratios, so it can also fall by pushing both
 # answers down — the rejected one faster. On tiny that is what happens: the chosen queries get
 # less likely than under the SFT model, and greedy decoding, which needs them likely, writes
-# worse SQL (measured at workshop size: execution accuracy 0.20 after SFT, **0.00** after DPO).
+# worse SQL. Measured with `benchmarks/prefs_table.py`: execution accuracy after SFT → after DPO →
+# after DPO with the SFT term was 0.20 → **0.00** → 0.20 on tiny, and 0.90 → **0.00** → 0.50 on
+# SmolLM2-135M (DPO's learning rate there, 2e-3, is high: try lower).
 # **RPO** (Pang et al. 2024) adds the SFT loss on the chosen answers, α · mean NLL per token —
 # TRL's `loss_type=["sigmoid", "sft"]` — so the chosen answers must stay likely while the gap grows.
 
