@@ -14,7 +14,7 @@ the uncalibrated one.
 from __future__ import annotations
 
 import html
-from typing import Any
+from typing import Any, Callable
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
@@ -380,23 +380,35 @@ class MemoryPanel(Panel):
         return f"<details><summary>{html.escape(t('mem.formula'))}</summary><table>{body}</table></details>"
 
     # -- actions -----------------------------------------------------------------------------
-    def run_measure(self, steps: int = 3) -> Breakdown | None:
-        """Run ``steps`` real steps of this setup here and overlay the measured bars."""
+    def _run_real_steps(self, what: str, running_note: str, action: Callable[[], Any]) -> Any | None:
+        """Run a real-steps action (measure, calibrate) with a note while it runs; refusals and bad
+        input become a message naming the field, an out-of-memory "``what`` failed: …" (a result, not a crash)."""
         from labkit.memory.measure import MeasureRefused
 
+        self.note.value = html.escape(running_note)
         try:
-            setup = self.setup(device=self.device)
-            self.note.value = html.escape(t("mem.measuring", steps=steps))
-            measured = self.model.measure(steps)
+            result = action()
         except (SetupError, ArchError, ValueError, MeasureRefused) as error:
             self.show_error(error)
             self.note.value = ""
             return None
         except RuntimeError as error:  # an out-of-memory is a result, not a crash
-            self.show_error(f"measurement failed: {str(error).splitlines()[0]}")
+            self.show_error(f"{what} failed: {str(error).splitlines()[0]}")
             self.note.value = ""
             return None
         self.clear_error()
+        return result
+
+    def run_measure(self, steps: int = 3) -> Breakdown | None:
+        """Run ``steps`` real steps of this setup here and overlay the measured bars."""
+        try:
+            setup = self.setup(device=self.device)
+        except (SetupError, ArchError, ValueError) as error:
+            self.show_error(error)
+            return None
+        measured = self._run_real_steps("measurement", t("mem.measuring", steps=steps), lambda: self.model.measure(steps))
+        if measured is None:
+            return None
         self.measured = measured
         with self.fig.batch_update():
             for i, key in enumerate(COMPONENTS):
@@ -412,22 +424,15 @@ class MemoryPanel(Panel):
 
     def run_calibrate(self, steps: int = 2) -> Calibration | None:
         """Calibrate this setup here (two short real runs) and draw the calibrated curve and its points."""
-        from labkit.memory.measure import MeasureRefused
-
         try:
-            setup = self.setup(device=self.device)
-            s1, s2 = calibration_lengths(setup)
-            self.note.value = html.escape(t("mem.calibrating", steps=steps, s1=s1, s2=s2))
-            cal = self.model.calibrate(steps)
-        except (SetupError, ArchError, ValueError, MeasureRefused) as error:
+            s1, s2 = calibration_lengths(self.setup(device=self.device))
+        except (SetupError, ArchError, ValueError) as error:
             self.show_error(error)
-            self.note.value = ""
             return None
-        except RuntimeError as error:  # an out-of-memory is a result, not a crash
-            self.show_error(f"calibration failed: {str(error).splitlines()[0]}")
-            self.note.value = ""
+        cal = self._run_real_steps("calibration", t("mem.calibrating", steps=steps, s1=s1, s2=s2),
+                                   lambda: self.model.calibrate(steps))
+        if cal is None:
             return None
-        self.clear_error()
         self.calibration = cal
         xs, ys = self.model.calibrated_curve(cal, self.state["seq_curve"] if self.state else ([], []))
         residuals = [p["measured"] - p["estimated"] for p in cal.points]
