@@ -53,8 +53,8 @@ def run(model: str, *, sft_steps: int, dpo_steps: int, lr: float, beta: float, s
     for alpha in sft_weights:
         policy = dpo(sft_model, tok, train_pairs, beta=beta, steps=dpo_steps, lr=lr, seed=seed, model_name=model,
                      sft_weight=alpha)
-        report = dpo_report(policy, tok, eval_pairs)
-        sft_pref = report["sft"]
+        report = dpo_report(policy, tok, eval_pairs, reference=sft_pref.get("reference"))
+        sft_pref = {**report["sft"], "reference": report["reference"]}
         name = "SFT + DPO" if not alpha else f"SFT + DPO + {alpha:g}·SFT term (RPO)"
         rows.append({"model": name, "logp_accuracy": report["dpo"]["logp_accuracy"],
                      "reward_accuracy": report["dpo"]["reward_accuracy"], "margin": report["dpo"]["margin"],

@@ -143,7 +143,7 @@ record("reward_acc_dpo", report["dpo"]["reward_accuracy"])
 # %%
 rpo = dpo(sft_model, tokenizer, train_pairs, beta=BETA, steps=DPO_STEPS, seed=SEED, model_name=MODEL,
           sft_weight=SFT_WEIGHT, progress=PROGRESS)
-rpo_report = dpo_report(rpo, tokenizer, eval_pairs)
+rpo_report = dpo_report(rpo, tokenizer, eval_pairs, reference=report["reference"])  # the same SFT reference
 curves({"DPO: chosen": [h["chosen_logps"] for h in history],
         f"DPO + {SFT_WEIGHT:g}·SFT term: chosen": [h["chosen_logps"] for h in rpo.history]},
        title="Chosen answers' log-probs during training: plain DPO vs DPO with the SFT term",

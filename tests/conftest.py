@@ -44,20 +44,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """For ``-n N --dist loadgroup`` (the README's command): a module with a module-scoped fixture runs
     on one worker (its fixture is built once), every other test goes wherever a worker is free; and the
-    longest work starts first (``slow`` tests, then the lab smokes), so no worker is left with it at the end."""
+    longest work starts first (``slow`` tests: the lab smokes and the accuracy tests), so no worker is left
+    with it at the end."""
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
         scopes = {d.scope for defs in (info.name2fixturedefs.values() if info else ()) for d in defs}
         if scopes & {"module", "class"} and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
-    def first(item: pytest.Item) -> int:
-        if item.get_closest_marker("slow"):
-            return 0
-        group = item.get_closest_marker("xdist_group")
-        return 1 if group and group.args and group.args[0] == "labs" else 2
-
-    items.sort(key=first)  # stable: collection order within each rank
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: collection order otherwise
 
 
 def requires_cuda(test):

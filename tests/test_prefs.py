@@ -141,6 +141,8 @@ def test_dpo_raises_held_out_preference_accuracy_over_the_sft_model(records, sft
     assert run.record.ok and len(run.history) == 15
     report = dpo_report(run, tok, prefs_data.pairs_for(records["eval"][:40], seed=0))
     assert report["dpo"]["logp_accuracy"] > report["sft"]["logp_accuracy"]
+    reused = dpo_report(run, tok, prefs_data.pairs_for(records["eval"][:40], seed=0), reference=report["reference"])
+    assert reused["dpo"] == report["dpo"] and reused["sft"] == report["sft"]  # a given reference = scoring it again
     assert report["dpo"]["reward_accuracy"] > 0.5 and report["dpo"]["margin"] > 0
 
 

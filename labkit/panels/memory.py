@@ -435,12 +435,11 @@ class MemoryPanel(Panel):
             return None
         self.calibration = cal
         xs, ys = self.model.calibrated_curve(cal, self.state["seq_curve"] if self.state else ([], []))
-        residuals = [p["measured"] - p["estimated"] for p in cal.points]
-        est_at = {x: y for x, y in zip(*self.state["seq_curve"])} if self.state else {}
+        runs = {p["seq"] for p in cal.points}
+        # the fit passes through both runs: mark them on the calibrated curve where it has those lengths
+        pts = [(x, y) for x, y in zip(xs, ys) if x in runs]
         with self.fig.batch_update():
             self.fig.data[15].x, self.fig.data[15].y = xs, ys
-            # the two runs, drawn on the panel's curve where it has those lengths, shifted by their residual
-            pts = [(p["seq"], est_at[p["seq"]] + r / GiB) for p, r in zip(cal.points, residuals) if p["seq"] in est_at]
             self.fig.data[16].x, self.fig.data[16].y = [x for x, _ in pts], [y for _, y in pts]
         unc, calp = cal.uncalibrated.peak, cal.calibrated_peak
         self.note.value = html.escape(t(

@@ -66,13 +66,17 @@ def dpo(sft_model: torch.nn.Module, tokenizer: Any, pairs: Sequence[dict[str, An
     return DPORun(record, policy, loss.history, beta)
 
 
-def dpo_report(run: DPORun, tokenizer: Any, eval_pairs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def dpo_report(run: DPORun, tokenizer: Any, eval_pairs: Sequence[dict[str, Any]], *,
+               reference: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
     """Held-out preference accuracy of the SFT model (adapters off) and of the DPO policy.
 
     ``logratios``: each pair's (log π − log π_ref) for chosen and rejected (the β panel's input).
+    ``reference``: the SFT model's ``pair_logps`` on these pairs, from an earlier report's
+    ``"reference"`` (runs on the same SFT model share it), instead of scoring them again.
     """
     pairs = list(eval_pairs)
-    reference = pair_logps(run.model, tokenizer, pairs, adapters=False)
+    if reference is None:
+        reference = pair_logps(run.model, tokenizer, pairs, adapters=False)
     policy = pair_logps(run.model, tokenizer, pairs)
     logratios = (policy[0] - reference[0], policy[1] - reference[1])
     margins = run.beta * (logratios[0] - logratios[1])
@@ -81,4 +85,4 @@ def dpo_report(run: DPORun, tokenizer: Any, eval_pairs: Sequence[dict[str, Any]]
              "reward_accuracy": float((margins > 0).float().mean()), "margin": float(margins.mean()), "n": len(pairs)}
     before = {"logp_accuracy": float((reference[0] > reference[1]).float().mean()),
               "chosen_logps": float(reference[0].mean()), "rejected_logps": float(reference[1].mean())}
-    return {"sft": before, "dpo": after, "beta": run.beta, "logratios": logratios}
+    return {"sft": before, "dpo": after, "beta": run.beta, "logratios": logratios, "reference": reference}
