@@ -1,6 +1,6 @@
 """Estimated vs measured memory, per component, over the CPU ground-truth grid (and CUDA if present).
 
-    python benchmarks/memory_accuracy.py            # CPU: tensor accounting + saved-tensor hooks
+    python benchmarks/memory_accuracy.py            # CPU: tensor accounting + saved-tensor hooks, two points per setup
     python benchmarks/memory_accuracy.py --device cuda   # also compares the peak with max_memory_allocated
     python benchmarks/memory_accuracy.py --device cuda --json mem.json   # every row, machine-readable
 
@@ -26,7 +26,8 @@ def _err(est: int, meas: int) -> float:
     return 0.0 if est == meas else (abs(est - meas) / meas * 100 if meas else 100.0)
 
 
-def run(device: str, families: tuple[str, ...], steps: int, trace: bool, json_path: str | None = None) -> int:
+def run(device: str, families: tuple[str, ...], steps: int, trace: bool, json_path: str | None = None,
+        scales: tuple[int, ...] = (1, 2)) -> int:
     warnings.filterwarnings("ignore")
     import transformers
 
@@ -46,7 +47,7 @@ def run(device: str, families: tuple[str, ...], steps: int, trace: bool, json_pa
     if device == "cuda":
         header += f" {'peak est/alloc':>22s}"
     print(header)
-    for fam, kw in accuracy_grid(families):
+    for fam, kw in accuracy_grid(families, scales):
         arch = arch_info(toy_config(fam))
         setup = MemorySetup(device=device, **kw)
         t0 = time.time()
@@ -98,8 +99,10 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--no-trace", action="store_true", help="skip the fake-tensor trace column")
     ap.add_argument("--json", default=None, help="also write every row and the error summary here")
+    ap.add_argument("--scales", default="1,2", help="batch and seq multipliers: each setup at every one (default 1,2)")
     args = ap.parse_args()
-    return run(args.device, tuple(args.families.split(",")), args.steps, not args.no_trace, args.json)
+    scales = tuple(int(k) for k in args.scales.split(","))
+    return run(args.device, tuple(args.families.split(",")), args.steps, not args.no_trace, args.json, scales)
 
 
 if __name__ == "__main__":

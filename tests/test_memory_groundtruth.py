@@ -1,6 +1,7 @@
 """Estimator vs reality on CPU: weights/gradients/optimizer bytes must equal the measured tensor
-accounting exactly, and saved activations must be within 5% of the saved-tensor measurement,
-over architectures × batch × sequence × checkpointing × full/LoRA/QLoRA × precision."""
+accounting exactly, and saved activations must be within 3% of the saved-tensor measurement,
+over architectures × batch × sequence × checkpointing × full/LoRA/QLoRA × precision, each at two
+batch × sequence points (the grid setup, and batch and sequence both doubled)."""
 
 from __future__ import annotations
 
@@ -12,18 +13,19 @@ from labkit.memory.arch import arch_info
 from labkit.memory.estimate import estimate
 from labkit.memory.measure import measure
 from labkit.memory.setup import MemorySetup
-from labkit.memory.toy import GRID_SETUPS, toy_config
+from labkit.memory.toy import GRID_SETUPS, at_point, toy_config
 from labkit.memory.trace import trace_activations
 
 # Which grid setups each architecture runs (together: every setup, every family; kept fast for CI).
-CASES = {
+CASES = {  # every family: full, LoRA and QLoRA (benchmarks/memory_accuracy.py runs the whole grid)
     "llama": (0, 4, 7, 8),
-    "qwen2": (1, 5, 6, 9),
+    "qwen2": (1, 5, 6, 7, 9),
     "gpt2": (0, 3, 4, 7, 9),
-    "phi3": (2, 5, 8),
-    "gemma2": (0, 4),
+    "phi3": (2, 5, 6, 8),
+    "gemma2": (0, 4, 8),
 }
 PARAMS = [(fam, i) for fam, idx in CASES.items() for i in idx]
+TOLERANCE = 0.03  # issue 18: max activation error 3 % (all these cases measure 0.00-0.01 % today)
 
 
 @pytest.fixture(autouse=True)
@@ -39,20 +41,22 @@ def _quiet():
 @pytest.mark.parametrize("family,index", PARAMS, ids=[f"{f}-{i}" for f, i in PARAMS])
 def test_estimate_matches_measurement(family: str, index: int) -> None:
     arch = arch_info(toy_config(family))
-    setup = MemorySetup(device="cpu", **GRID_SETUPS[index])
-    measured = measure(arch.config, setup, steps=3, device="cpu", check_fits=False)
-    est = estimate(arch, setup)
-    assert measured.info["source"] == "measured" and measured.info["saved_tensors"] > 0
-    for key in ("weights", "gradients", "optimizer"):
-        assert est.bytes[key] == measured.bytes[key], (key, est.bytes[key], measured.bytes[key])
-    assert est.params == measured.params
-    saved_m, saved_e = measured.saved, est.saved
-    assert abs(saved_e - saved_m) <= 0.05 * saved_m, (saved_e, saved_m)
-    assert abs(est.bytes["activations"] - measured.bytes["activations"]) <= 0.05 * measured.bytes["activations"]
-    assert abs(est.bytes["logits"] - measured.bytes["logits"]) <= 0.05 * measured.bytes["logits"]
-    # the fake-tensor trace (the exact inventory) agrees with the real run too
-    traced = trace_activations(arch, setup)
-    assert abs(traced["activations"] + traced["logits"] - saved_m) <= 0.05 * saved_m
+    for scale in (1, 2):
+        setup = MemorySetup(device="cpu", **at_point(GRID_SETUPS[index], scale))
+        measured = measure(arch.config, setup, steps=3, device="cpu", check_fits=False)
+        est = estimate(arch, setup)
+        assert measured.info["source"] == "measured" and measured.info["saved_tensors"] > 0
+        for key in ("weights", "gradients", "optimizer"):
+            assert est.bytes[key] == measured.bytes[key], (scale, key, est.bytes[key], measured.bytes[key])
+        assert est.params == measured.params
+        saved_m, saved_e = measured.saved, est.saved
+        assert abs(saved_e - saved_m) <= TOLERANCE * saved_m, (scale, saved_e, saved_m)
+        acts_m = measured.bytes["activations"]
+        assert abs(est.bytes["activations"] - acts_m) <= TOLERANCE * acts_m, (scale, est.bytes["activations"], acts_m)
+        assert abs(est.bytes["logits"] - measured.bytes["logits"]) <= TOLERANCE * measured.bytes["logits"]
+        if scale == 1:  # the fake-tensor trace (the exact inventory) agrees with the real run too
+            traced = trace_activations(arch, setup)
+            assert abs(traced["activations"] + traced["logits"] - saved_m) <= TOLERANCE * saved_m
 
 
 def test_measurement_is_real_not_estimated() -> None:

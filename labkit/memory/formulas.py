@@ -270,8 +270,8 @@ class _Walk:
         if softcap:
             self.inv.save(f"{key}.tanh", ss * qb)
         self.inv.save(f"{key}.softmax", ss * (4 if eager else qb))
-        if eager and qb == 2:
-            self.inv.save(f"{key}.probs_half", ss * 2)
+        if eager and qb == 2 and dropout == 0:  # the matmul keeps the half probabilities (with dropout:
+            self.inv.save(f"{key}.probs_half", ss * 2)  # the mask and the dropped tensor below instead)
         if dropout > 0:
             self.inv.save(f"{key}.mask", ss * (qb if self.cpu else 1))
             self.inv.save(f"{key}.dropped", ss * qb)

@@ -47,6 +47,13 @@ GRID_SETUPS: tuple[dict[str, Any], ...] = (
 GRID_FAMILIES = ("llama", "qwen2", "gpt2", "phi3", "gemma2")
 
 
-def accuracy_grid(families: tuple[str, ...] = GRID_FAMILIES) -> list[tuple[str, dict[str, Any]]]:
-    """(model_type, setup kwargs) pairs covering architectures × batch × seq × checkpointing × method × precision."""
-    return [(fam, kw) for fam in families for kw in GRID_SETUPS]
+def at_point(kw: dict[str, Any], scale: int) -> dict[str, Any]:
+    """A grid setup with batch and sequence length both multiplied by ``scale`` (the second point of the grid)."""
+    return dict(kw, batch=kw["batch"] * scale, seq=kw["seq"] * scale) if scale != 1 else dict(kw)
+
+
+def accuracy_grid(families: tuple[str, ...] = GRID_FAMILIES,
+                  scales: tuple[int, ...] = (1,)) -> list[tuple[str, dict[str, Any]]]:
+    """(model_type, setup kwargs) pairs covering architectures × batch × seq × checkpointing × method × precision;
+    ``scales`` repeats every setup at batch·k × seq·k (two points tell a per-token slope from a constant)."""
+    return [(fam, at_point(kw, k)) for fam in families for kw in GRID_SETUPS for k in scales]
