@@ -48,6 +48,7 @@ class Row:
     keeps_logits: bool | None = None  # does the source's loop hold the model output through backward?
     long_context: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    loss_path: str = "transformers>=4.49"  # the transformers loss the source's run took (estimate.LOSS_PATHS)
 
 
 def _peft(name: str, measured_bytes: int, notes: str, **setup: Any) -> Row:
@@ -70,8 +71,9 @@ def _unsloth(gib: int, seq: int) -> Row:
                f"{repo} {path} @ {commit}",
                "Llama 3.1 8B Instruct, 4-bit QLoRA all linear r=32, batch 1, padded to the length; "
                "assumed (not stated): bf16 autocast, 8-bit AdamW, gradient checkpointing, card size in GiB; "
-               "the column is exactly linear (404.75 tokens/GB): a line through their measurements",
-               long_context=True)
+               "the column is exactly linear (404.75 tokens/GB): a line through their measurements; the table "
+               "appeared with Llama 3.3 (Dec 2024), when transformers 4.46-4.47 was current: its loss path",
+               long_context=True, loss_path="transformers-4.46")
 
 
 ROWS: list[Row] = [
@@ -91,7 +93,7 @@ ROWS: list[Row] = [
              optimizer="adamw8bit", batch=1, seq=6916, checkpointing=True, attn="sdpa"),
         80.0, "limit", f"{UNSLOTH[0]} {UNSLOTH[1]} @ {UNSLOTH[2]}",
         "Llama 3.3 70B Instruct (the 3.1-70B architecture) on an 80GB A100, 4-bit QLoRA all linear r=32, "
-        "batch 1; same assumptions as the 8B rows", long_context=True),
+        "batch 1; same assumptions as the 8B rows", long_context=True, loss_path="transformers-4.46"),
     # torchtune's optimization-flags table: every later row turns on torch.compile, chunked cross-entropy,
     # checkpointing or activation offloading (not modelled here), so only the packed baseline is used.
     Row("torchtune/llama-3.2-3b-packed", "llama-3.2-3b",
@@ -114,7 +116,7 @@ def evaluate(row: Row) -> dict[str, Any]:
     from labkit.memory.setup import MemorySetup
 
     setup = MemorySetup(device="cuda", **row.setup)
-    r = estimate(row.model, setup, keeps_logits=row.keeps_logits)
+    r = estimate(row.model, setup, keeps_logits=row.keeps_logits, loss_path=row.loss_path)
     upper = r.info["upper"]
     allocated = row.kind == "active"  # compare like with like: allocated peak, or reserved
     est = (r.peak if allocated else r.info["reserved"]) / GiB

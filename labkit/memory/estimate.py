@@ -19,9 +19,32 @@ FRAGMENTATION = 0.05  # reserved − allocated, as a share of the peak (PyTorch 
 # The upper bound behind a verdict (``fits`` / ``margin``): the terms the point estimate cannot know.
 FRAGMENTATION_UPPER = 0.15  # allocator slack with shapes that change step to step (bucketed batches)
 CUDA_CONTEXT_UPPER = 1024**3  # context + cuBLAS/cuDNN handles + NCCL-free kernel workspaces, large GPUs
-# What the loss path is assumed to be (the logits terms depend on it).
-LOSS_PATH = ("transformers 5.x ForCausalLMLoss (checked on 5.24): logits.float() (no copy when fp32); "
-             "labels padded, logits not shifted; F.cross_entropy = log_softmax (saved, fp32) + nll_loss")
+# The loss paths the logits terms depend on, by transformers version (read from each version's
+# modeling_llama.py / loss_utils.py; the live-tensor test runs a copy of each on CPU).
+LOSS_PATHS = {
+    "transformers>=4.49": ("transformers >= 4.49 ForCausalLMLoss (checked on 5.x): logits.float() (no copy when "
+                           "fp32); labels padded, logits not shifted; F.cross_entropy = log_softmax (saved, fp32) "
+                           "+ nll_loss"),
+    "transformers-4.46": ("transformers 4.46-4.48 ForCausalLMLoss: logits.float(), then a contiguous shifted fp32 "
+                          "copy (logits[..., :-1, :].contiguous()), log_softmax on it; the model's half logits "
+                          "stay alive through the loss"),
+    "transformers<4.46": ("transformers <= 4.45: the model returns fp32 logits (lm_head(...).float(), the half "
+                          "logits freed), the loss makes a contiguous shifted copy, log_softmax on it"),
+}
+LOSS_PATH = LOSS_PATHS["transformers>=4.49"]
+
+
+def installed_loss_path() -> str:
+    """The loss path of the transformers installed here (what a run on this machine would take)."""
+    try:
+        from importlib.metadata import version
+
+        major, minor = (int(x) for x in version("transformers").split(".")[:2])
+    except Exception:  # not installed or an odd version string: the current path
+        return "transformers>=4.49"
+    if (major, minor) >= (4, 49):
+        return "transformers>=4.49"
+    return "transformers-4.46" if (major, minor) >= (4, 46) else "transformers<4.46"
 CHUNKED_LOSS_PATH = ("labkit chunked_lm_loss: LM head + cross-entropy on answer positions only, a chunk of rows at "
                      "a time, recomputed in backward (no b*s*V logits)")
 
@@ -35,7 +58,8 @@ def logits_dtype_bytes(setup: MemorySetup) -> int:
     return 2 if (setup.precision in ("fp16", "bf16") or setup.amp) else 4
 
 
-def transients(arch: ArchInfo, setup: MemorySetup, keeps_logits: bool = False) -> dict[str, int]:
+def transients(arch: ArchInfo, setup: MemorySetup, keeps_logits: bool = False,
+               loss_path: str = "transformers>=4.49") -> dict[str, int]:
     """Short-lived buffers that set the peak at particular moments (not saved for backward).
 
     The loss head's, checked byte for byte on CPU with a live-tensor tracker (see
@@ -45,14 +69,25 @@ def transients(arch: ArchInfo, setup: MemorySetup, keeps_logits: bool = False) -
     gradient it writes are three fp32 (b·s, V) tensors at once (``dlogits`` = 8 B + the saved 4 B).
     ``keeps_logits``: the training loop holds the model output through backward
     (``out = model(...)``, then backward on ``out.loss``) — the logits tensor stays alive at every moment.
+    ``loss_path`` (a key of ``LOSS_PATHS``): older transformers make a shifted fp32 copy of the logits
+    (4.46-4.48: beside the half logits and their fp32 upcast; <= 4.45: the model returns fp32 logits).
     """
+    if loss_path not in LOSS_PATHS:
+        raise ValueError(f"loss_path: one of {', '.join(LOSS_PATHS)}; got {loss_path!r}")
     tok, V = setup.batch * setup.seq, arch.vocab
     out: dict[str, int] = {}
     if setup.trains:
-        out["live_logits"] = F.logits_live_bytes(arch, setup)
+        shifted = setup.batch * max(0, setup.seq - 1) * V * 4  # logits[..., :-1, :].contiguous() in fp32
+        if loss_path == "transformers>=4.49":
+            out["live_logits"] = F.logits_live_bytes(arch, setup)
+        elif loss_path == "transformers-4.46":
+            out["live_logits"] = F.logits_live_bytes(arch, setup) + shifted
+        else:  # the fp32 logits the model returns + the shifted copy (the half logits are gone by then)
+            out["live_logits"] = tok * V * 4 + shifted
         out["dlogits"] = tok * V * 8  # grad into log_softmax + grad it writes (both fp32)
         if keeps_logits:
-            out["kept_logits"] = tok * V * logits_dtype_bytes(setup)
+            kept_b = 4 if loss_path == "transformers<4.46" else logits_dtype_bytes(setup)
+            out["kept_logits"] = tok * V * kept_b
         if setup.checkpointing and arch.family is not None:
             out["recompute"] = F.layer_inventory_bytes(arch, setup)
         if arch.family is not None:
@@ -125,7 +160,8 @@ def moments_from(comp: dict[str, int], setup: MemorySetup, transient: dict[str, 
     gather = t.get("zero3_gather", 0)
     kept = t.get("kept_logits", 0)  # the caller's output object: alive until it is rebound next step
     m = {
-        "forward_end": W + O + g_prev + saved + t.get("live_logits", 0) + gather + kept,
+        # the kept logits are the live logits' own tensor at the end of the forward (counted once)
+        "forward_end": W + O + g_prev + saved + t.get("live_logits", 0) + gather,
         "backward_start": W + O + g_prev + saved + t.get("dlogits", 0) + gather + kept,
         "backward_end": W + O + G + gather + kept,
         "optimizer_step": W + O + G + t.get("optimizer_temp", 0) + kept,
@@ -157,7 +193,7 @@ def activation_bytes(arch: ArchInfo, setup: MemorySetup, method: str = "formula"
 
 
 def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
-             keeps_logits: bool | None = None, loss_chunk: int = 0) -> Breakdown:
+             keeps_logits: bool | None = None, loss_chunk: int = 0, loss_path: str | None = None) -> Breakdown:
     """Estimate every component for ``setup`` (per device) and the peak over the step's moments.
 
     ``keeps_logits``: whether the training loop holds the model output through backward
@@ -167,7 +203,12 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
     ``info["upper"]`` is the bound a verdict (``fits`` / ``margin``) is made from.
     ``loss_chunk``: the engine's chunked loss (``TrainConfig.loss_chunk``; 0: off): no output logits,
     so the logits term is the hidden states kept for the head, and one chunk's logits are the transient.
+    ``loss_path``: which transformers loss the step runs (a key of ``LOSS_PATHS``; None: the installed
+    version's) — older versions copy the logits once more in the forward.
     """
+    path = installed_loss_path() if loss_path is None else loss_path
+    if path not in LOSS_PATHS:
+        raise ValueError(f"loss_path: one of {', '.join(LOSS_PATHS)}; got {loss_path!r}")
     if keeps_logits not in (None, True, False):
         raise ValueError(f"keeps_logits: must be True, False or None; got {keeps_logits!r}")
     if isinstance(loss_chunk, bool) or not isinstance(loss_chunk, int) or loss_chunk < 0:
@@ -194,7 +235,7 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
     A = sum(acts.values())
     kv = F.kv_cache_bytes(arch, setup)
     comp = {"weights": W, "gradients": G, "optimizer": O, "activations": A, "logits": L, "kv_cache": kv}
-    trans = transients(arch, setup, keeps_logits=bool(keeps_logits))
+    trans = transients(arch, setup, keeps_logits=bool(keeps_logits), loss_path=path)
     if loss_chunk and setup.trains:
         L, trans = _chunked_logits(arch, setup, loss_chunk, trans)
         comp["logits"] = L
@@ -219,7 +260,7 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
                            "allocated": int(peak), "reserved": int(peak + (overhead - CUDA_CONTEXT
                                                                            if setup.device == "cuda" else 0)),
                            "upper": upper, "assumes": {"loss_path": CHUNKED_LOSS_PATH if loss_chunk and setup.trains
-                                                       else LOSS_PATH,
+                                                       else LOSS_PATHS[path],
                                                        "keeps_logits": keeps_logits}})
 
 
