@@ -240,6 +240,13 @@ def test_json_extract_split_by_customer_and_scoring() -> None:
     assert not set(tmpl["train"]["template"]) & set(tmpl["eval"]["template"])
 
 
+def test_every_json_extract_gold_answer_scores_perfectly_against_itself() -> None:
+    """Chinook stores some values with stray spaces ("Edinburgh "): the gold must still score 1.0."""
+    records = json_extract.build_records(0, "entity")
+    for row in records["train"] + records["eval"]:
+        assert json_extract.score_one(row["output"], row["output"])["exact_match"] == 1.0, row["output"]
+
+
 # --- formatting ---------------------------------------------------------------------------
 
 def test_prompt_is_masked_exactly(tok) -> None:

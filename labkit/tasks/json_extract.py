@@ -142,7 +142,7 @@ def _field_ok(key: str, pred: Any, gold: Any) -> bool:
             return abs(float(str(pred).lstrip("$")) - float(gold)) < 0.005
         except (TypeError, ValueError):
             return False
-    return isinstance(pred, str) and pred.strip() == str(gold)
+    return isinstance(pred, str) and pred.strip() == str(gold).strip()  # Chinook has "Edinburgh " (trailing space)
 
 
 def score_one(prediction: str, gold_output: str) -> dict[str, float]:
