@@ -2,6 +2,7 @@
 
     python benchmarks/memory_published.py            # the matrix, the summary, the anchors
     python benchmarks/memory_published.py --markdown # the same table as Markdown (docs/memory.md)
+    python benchmarks/memory_published.py --replay   # + the allocator replay of each row (about 4 min)
 
 Each row is one published measurement with its exact source (repository + path + commit, or URL),
 what the figure is (``reserved``: ``torch.cuda.max_memory_reserved``; ``active``: the allocator's
@@ -14,6 +15,13 @@ DeepSpeed's estimates (re-implemented in ``labkit/memory/anchors.py``) are given
 
 Prints one row per setup, the median |error|, the worst under-estimate, whether every measurement
 lies under labkit's upper bound, and the anchors' errors.
+
+``--replay`` adds :func:`labkit.memory.reserved.simulate`: the row's real model run for two steps on
+fake tensors at full size, every allocation replayed through PyTorch's caching-allocator rules. It is
+compared as the figure says: ``reserved`` rows with the replay's ``max_memory_reserved``, ``active``
+rows with its allocated peak, and ``limit`` rows with the smallest card the two steps run on (the
+allocator empties its cache before it fails, so that is less than the unconstrained reserved peak)
+plus the CUDA context.
 """
 
 from __future__ import annotations
@@ -131,6 +139,20 @@ def evaluate(row: Row) -> dict[str, Any]:
             "deepspeed": ds, "deepspeed_error": (ds - m) / m * 100}
 
 
+def replay(row: Row) -> dict[str, Any]:
+    """The allocator replay of ``row``, as the row's kind of figure (GiB) and its error."""
+    from labkit.memory.estimate import CUDA_CONTEXT
+    from labkit.memory.reserved import simulate
+    from labkit.memory.setup import MemorySetup
+
+    sim = simulate(row.model, MemorySetup(device="cuda", **row.setup), loss_path=row.loss_path,
+                   keeps_logits=bool(row.keeps_logits))
+    value = {"reserved": sim["reserved"], "active": sim["allocated"],
+             "limit": sim["needs"] + CUDA_CONTEXT}[row.kind] / GiB
+    return {"replay": value, "replay_error": (value - row.measured) / row.measured * 100,
+            "replay_raw": {k: v / GiB for k, v in sim.items() if k != "segments"}}
+
+
 def _setup_text(row: Row) -> str:
     s = row.setup
     m = s.get("method", "full")
@@ -141,26 +163,36 @@ def _setup_text(row: Row) -> str:
     return ", ".join(parts)
 
 
+def _errors_summary(results: list[dict[str, Any]], key: str) -> dict[str, float]:
+    errs = [x[key] for x in results]
+    long = [x[key] for x in results if x["row"].long_context]
+    return {"median_abs": statistics.median(abs(e) for e in errs), "worst_under": min(errs),
+            "long_max_abs": max((abs(e) for e in long), default=0.0)}
+
+
 def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median |error|, worst under-estimate, long-context rows, and whether the upper bound holds."""
-    errs = [x["error"] for x in results]
-    long = [x["error"] for x in results if x["row"].long_context]
-    return {"rows": len(results), "sources": len({x["row"].source.split()[0] for x in results}),
-            "median_abs": statistics.median(abs(e) for e in errs), "worst_under": min(errs),
-            "long_max_abs": max((abs(e) for e in long), default=0.0),
+    """Median |error|, worst under-estimate, long-context rows, and whether the upper bound holds
+    (and the same errors for the allocator replay, where it was run)."""
+    out = _errors_summary(results, "error")
+    if all("replay_error" in x for x in results):
+        out["replay"] = _errors_summary(results, "replay_error")
+    return {**out, "rows": len(results), "sources": len({x["row"].source.split()[0] for x in results}),
             "under_upper": sum(x["row"].measured <= x["upper_reserved"] for x in results),
             "accelerate_median_abs": statistics.median(abs(x["accelerate_error"]) for x in results),
             "deepspeed_median_abs": statistics.median(abs(x["deepspeed_error"]) for x in results)}
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
+    rep = all("replay" in x for x in results)
     lines = ["| setup (model; method; precision; optimizer; batch×seq) | measured GiB (kind) | labkit "
-             "GiB (as the kind) | error | labkit upper GiB | accelerate (error) | DeepSpeed (error) | source |",
-             "|---|---|---|---|---|---|---|---|"]
+             "GiB (as the kind) | error | " + ("allocator replay GiB (error) | " if rep else "") +
+             "labkit upper GiB | accelerate (error) | DeepSpeed (error) | source |",
+             "|---|---|---|---|" + ("---|" if rep else "") + "---|---|---|---|"]
     for x in results:
         r = x["row"]
+        cell = f"{x['replay']:.2f} ({x['replay_error']:+.1f} %) | " if rep else ""
         lines.append(f"| {r.model}; {_setup_text(r)} | {r.measured:.2f} ({r.kind}) | {x['estimate']:.2f} | "
-                     f"{x['error']:+.1f} % | {x['upper_reserved']:.2f} | {x['accelerate']:.1f} "
+                     f"{x['error']:+.1f} % | {cell}{x['upper_reserved']:.2f} | {x['accelerate']:.1f} "
                      f"({x['accelerate_error']:+.0f} %) | {x['deepspeed']:.1f} ({x['deepspeed_error']:+.0f} %) | "
                      f"`{r.source}` |")
     return "\n".join(lines)
@@ -169,9 +201,14 @@ def markdown(results: list[dict[str, Any]]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    ap.add_argument("--replay", action="store_true",
+                    help="also replay each row's step through the caching allocator (fake tensors, ~4 min)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     results = [evaluate(r) for r in ROWS]
+    if args.replay:
+        for x in results:
+            x.update(replay(x["row"]))
     if args.markdown:
         print(markdown(results))
     else:
@@ -181,11 +218,17 @@ def main() -> int:
             r = x["row"]
             print(f"{r.key[:38]:38s} {_setup_text(r)[:58]:58s} {r.measured:7.2f} {r.kind:8s} {x['estimate']:7.2f} "
                   f"{x['error']:+6.1f}% {x['upper_reserved']:7.2f} {x['accelerate']:7.1f} {x['accelerate_error']:+5.0f}% "
-                  f"{x['deepspeed']:7.1f} {x['deepspeed_error']:+5.0f}%  {x['moment']}")
+                  f"{x['deepspeed']:7.1f} {x['deepspeed_error']:+5.0f}%  {x['moment']}"
+                  + (f"  replay {x['replay']:6.2f} {x['replay_error']:+5.1f}%" if "replay" in x else ""))
     s = summary(results)
     print(f"\n{s['rows']} published setups from {s['sources']} sources (GiB; error = (labkit − measured)/measured)")
     print(f"  labkit point estimate: median |error| {s['median_abs']:.1f} %, worst under-estimate "
           f"{s['worst_under']:+.1f} %, long-context rows max |error| {s['long_max_abs']:.1f} %")
+    if "replay" in s:
+        r = s["replay"]
+        print(f"  allocator replay (as each figure is: reserved / allocated / smallest card): median |error| "
+              f"{r['median_abs']:.1f} %, worst under-estimate {r['worst_under']:+.1f} %, long-context rows max "
+              f"|error| {r['long_max_abs']:.1f} %")
     print(f"  labkit upper bound (what 'fits' uses) covers {s['under_upper']}/{s['rows']} measurements")
     print(f"  accelerate 'Training using Adam': median |error| {s['accelerate_median_abs']:.0f} %; "
           f"DeepSpeed model states: median |error| {s['deepspeed_median_abs']:.0f} %")

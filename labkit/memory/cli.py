@@ -57,6 +57,13 @@ def add_estimate_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "labkit's engine by default (no full logits: the answer-only loss head, 1024 rows a chunk)")
     p.add_argument("--calibrate", action="store_true",
                    help="run real steps at 1/8 and 1/4 of --seq on this machine, fit the residual, show both")
+    p.add_argument("--replay", action="store_true",
+                   help="run the model for two steps on fake tensors at full size and replay every allocation "
+                        "through PyTorch's caching-allocator rules: allocated, reserved, and the smallest card "
+                        "the steps fit (seconds; no memory used)")
+    p.add_argument("--loss-path", default=None,
+                   help="transformers>=4.49|transformers-4.46|transformers<4.46: the transformers loss the run "
+                        "takes (default: the installed version's)")
     p.set_defaults(func=run_estimate)
     return p
 
@@ -121,6 +128,10 @@ def _print(result: Any, args: argparse.Namespace, gpu_mem: int | None) -> None:
         terms = ", ".join(f"{k} +{fmt_bytes(v)}" for k, v in upper["terms"].items() if v > 0) or "none"
         print(f"  upper bound  {fmt_bytes(upper['total']):>12s}  (point {fmt_bytes(data['peak'] + data['bytes']['overhead'])}"
               f" + uncertain terms: {terms})")
+    rep = data.get("replay")
+    if isinstance(rep, dict):
+        print(f"  replay       allocated {fmt_bytes(rep['allocated'])}, reserved {fmt_bytes(rep['reserved'])}, "
+              f"smallest card {fmt_bytes(rep['card'])} (two steps on fake tensors through the caching allocator)")
     if gpu_mem is not None:
         verdict = "fits" if data["fits"] else "does not fit"
         basis = " — judged on the upper bound" if isinstance(upper, dict) else ""
@@ -148,7 +159,21 @@ def run_estimate(args: argparse.Namespace) -> int:
         if loop not in loops:
             raise SetupError("loop", "|".join(loops), loop)
         chunk = AUTO_LOSS_CHUNK if loop == "labkit" else 0
-        result = estimate(args.model, setup, activations=method, keeps_logits=loops[loop], loss_chunk=chunk)
+        loss_path = getattr(args, "loss_path", None)
+        from labkit.memory.estimate import LOSS_PATHS
+
+        if loss_path is not None and loss_path not in LOSS_PATHS:
+            raise SetupError("loss-path", "|".join(LOSS_PATHS), loss_path)
+        result = estimate(args.model, setup, activations=method, keeps_logits=loops[loop], loss_chunk=chunk,
+                          loss_path=loss_path)
+        if getattr(args, "replay", False):
+            if chunk:
+                raise SetupError("replay", "a transformers loss (not with --loop labkit)", "--loop labkit")
+            from labkit.memory.estimate import CUDA_CONTEXT
+            from labkit.memory.reserved import simulate
+
+            sim = simulate(args.model, setup, loss_path=loss_path, keeps_logits=bool(loops[loop]))
+            result.info["replay"] = {**sim, "card": sim["needs"] + CUDA_CONTEXT}
     except (SetupError, ArchError, ValueError) as exc:
         return _fail(str(exc))
     if gpu_mem is not None and not result.fits(gpu_mem):

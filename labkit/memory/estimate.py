@@ -26,10 +26,10 @@ LOSS_PATHS = {
                            "fp32); labels padded, logits not shifted; F.cross_entropy = log_softmax (saved, fp32) "
                            "+ nll_loss"),
     "transformers-4.46": ("transformers 4.46-4.48 ForCausalLMLoss: logits.float(), then a contiguous shifted fp32 "
-                          "copy (logits[..., :-1, :].contiguous()), log_softmax on it; the model's half logits "
-                          "stay alive through the loss"),
+                          "copy (logits[..., :-1, :].contiguous(): a copy only when batch > 1), log_softmax on it; "
+                          "the model's half logits stay alive through the loss"),
     "transformers<4.46": ("transformers <= 4.45: the model returns fp32 logits (lm_head(...).float(), the half "
-                          "logits freed), the loss makes a contiguous shifted copy, log_softmax on it"),
+                          "logits freed), the loss makes a contiguous shifted copy (batch > 1), log_softmax on it"),
 }
 LOSS_PATH = LOSS_PATHS["transformers>=4.49"]
 
@@ -77,7 +77,9 @@ def transients(arch: ArchInfo, setup: MemorySetup, keeps_logits: bool = False,
     tok, V = setup.batch * setup.seq, arch.vocab
     out: dict[str, int] = {}
     if setup.trains:
-        shifted = setup.batch * max(0, setup.seq - 1) * V * 4  # logits[..., :-1, :].contiguous() in fp32
+        # logits[..., :-1, :].contiguous() in fp32: a copy only with several rows (with one row the slice
+        # is contiguous already and .contiguous() returns it; the allocator replay showed this)
+        shifted = setup.batch * max(0, setup.seq - 1) * V * 4 if setup.batch > 1 else 0
         if loss_path == "transformers>=4.49":
             out["live_logits"] = F.logits_live_bytes(arch, setup)
         elif loss_path == "transformers-4.46":

@@ -1,0 +1,287 @@
+"""Reserved memory of a training step: the real model on fake tensors, replayed through the allocator.
+
+The model of the setup (transformers + peft + checkpointing + autocast, as :mod:`labkit.memory.trace`
+builds it) runs ``steps`` training steps on fake tensors at full size — no memory is used — while a
+dispatch mode writes down every storage an op creates and the moment its last reference dies. The
+weights, adapters and optimizer states are allocated first (their sizes from
+:mod:`labkit.memory.formulas`), then the events go through :class:`~labkit.memory.allocator.CachingAllocator`.
+The result is the step's allocated peak (after the allocator's rounding) and reserved peak, the
+two figures ``torch.cuda.max_memory_allocated`` / ``max_memory_reserved`` report.
+
+Kernel stand-ins follow what the CUDA kernels allocate: flash attention keeps q, k, v, out and the
+log-sum-exp and writes dq, dk, dv plus an fp32 dq accumulator in backward; a bitsandbytes 4-bit
+linear dequantizes its weight to the compute dtype for each matmul (forward and backward) and
+saves nothing. The loss is transformers' (``loss_path``: the installed version's, or an older one's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from typing import Any
+
+import torch
+from torch import nn
+
+from labkit.memory.allocator import CachingAllocator, replay, smallest_capacity
+from labkit.memory.arch import ArchInfo, arch_info
+from labkit.memory.setup import MemorySetup
+from labkit.train.precision import DTYPES
+
+
+class _FlashAttention(torch.autograd.Function):
+    """Flash attention's allocations: out (b, s, h, d layout) + fp32 lse; backward dq, dk, dv, dq_accum."""
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # noqa: D401
+        b, h, s, d = q.shape
+        out = q.new_empty(b, s, h, v.shape[-1]).transpose(1, 2)
+        lse = q.new_empty(b, h, s, dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        q, k, v, _out, _lse = ctx.saved_tensors
+        b, h, s, d = q.shape
+        accum = q.new_empty(b, s, h, d, dtype=torch.float32)  # FA2's fp32 dq accumulator
+        softmax_d = q.new_empty(b, h, s, dtype=torch.float32)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        del accum, softmax_d
+        return dq, dk, dv
+
+
+def _flash_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                enable_gqa=False, **_kw):
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+    return _FlashAttention.apply(query, key, value)
+
+
+class _Matmul4bit(torch.autograd.Function):
+    """bitsandbytes' 4-bit linear: x in the compute dtype, the weight dequantized for the matmul and
+    for the input gradient, the output cast back to x's dtype; nothing saved but the packed weight."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, fan_in: int, fan_out: int, compute: torch.dtype) -> torch.Tensor:  # noqa: D401
+        ctx.shape = (fan_in, fan_out, compute, x.dtype)
+        xc = x.to(compute)
+        w = x.new_empty(fan_out, fan_in, dtype=compute)
+        out = torch.matmul(xc, w.t())
+        del w, xc
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        fan_in, fan_out, compute, x_dtype = ctx.shape
+        w = grad.new_empty(fan_out, fan_in, dtype=compute)
+        gx = torch.matmul(grad.to(compute), w).to(x_dtype)
+        return gx, None, None, None
+
+
+class _Linear4bit(nn.Linear):
+    def __init__(self, lin: nn.Module, fan_in: int, fan_out: int, compute: torch.dtype) -> None:
+        nn.Module.__init__(self)
+        self.in_features, self.out_features, self.compute = fan_in, fan_out, compute
+        self.weight = nn.Parameter(lin.weight.detach(), requires_grad=False)
+        self.bias = lin.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Matmul4bit.apply(x, self.in_features, self.out_features, self.compute)
+
+
+class _Events:
+    """A dispatch mode that writes ``("alloc", key, nbytes)`` for each new storage and ``("free", key, 0)``
+    when it dies (a weak reference on the storage)."""
+
+    def __init__(self) -> None:
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        self.events: list[tuple[str, int, int]] = []
+        self._refs: dict[int, Any] = {}
+        self._known: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._n = 0
+        rec = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                rec.note(out)
+                return out
+
+        self.mode = Mode()
+
+    def exclude(self, tensors: Any) -> None:
+        for t in tensors:
+            self._known[t.untyped_storage()] = -1
+
+    def note(self, out: Any) -> None:
+        from torch.utils._pytree import tree_flatten
+
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            st = t.untyped_storage()
+            if st in self._known or st.nbytes() == 0:
+                continue
+            key = self._n
+            self._n += 1
+            self._known[st] = key
+            self.events.append(("alloc", key, st.nbytes()))
+            self._refs[key] = weakref.ref(st, lambda _r, key=key: self._free(key))
+
+    def _free(self, key: int) -> None:
+        self.events.append(("free", key, 0))
+        self._refs.pop(key, None)
+
+
+def _loss(net: nn.Module, ids: torch.Tensor, loss_path: str, vocab: int) -> tuple[torch.Tensor, Any]:
+    """transformers' causal-LM loss as the given version computes it, and the logits the model output
+    holds (what a loop that keeps ``out`` keeps)."""
+    import torch.nn.functional as nnf
+
+    if loss_path == "transformers>=4.49":
+        out = net(input_ids=ids, labels=ids, use_cache=False)
+        return out.loss, out.logits
+    out = net(input_ids=ids, use_cache=False)
+    if loss_path == "transformers-4.46":  # the model's frame holds its half logits while the loss runs
+        logits = out.logits.float()
+        shift = logits[..., :-1, :].contiguous()
+        loss = nnf.cross_entropy(shift.view(-1, vocab), ids[..., 1:].contiguous().view(-1))
+        return loss, out.logits
+    logits = out.logits.float()  # <= 4.45: the model returned fp32 logits, the half ones gone
+    del out
+    shift = logits[..., :-1, :].contiguous()
+    return nnf.cross_entropy(shift.view(-1, vocab), ids[..., 1:].contiguous().view(-1)), logits
+
+
+def _static_sizes(arch: ArchInfo, setup: MemorySetup) -> list[int]:
+    """Weights, adapters and buffers as the separate allocations loading makes (one per tensor)."""
+    from labkit.memory import formulas as F
+
+    p = F.BYTES[setup.param_dtype]
+    sizes: list[int] = []
+    if setup.method == "qlora":
+        q = F.quantized_linear_params(arch)
+        sizes += [F.nf4_weight_bytes(n, setup.double_quant) for n in q]
+        rest = arch.params_total - sum(q)
+        sizes += [rest * 4] if rest else []
+    else:
+        sizes += [n * p for n in arch.param_numels]
+    if setup.method in ("lora", "qlora"):
+        sizes += [n * 4 for n in F._trainable_numels(arch, setup)]
+    return [s for s in sizes if s > 0]
+
+
+def _optimizer_sizes(arch: ArchInfo, setup: MemorySetup) -> list[int]:
+    """Optimizer state tensors, created at the first step (two per trainable tensor)."""
+    from labkit.memory import formulas as F
+
+    b = F.trainable_bytes_per_param(setup)
+    out: list[int] = []
+    for n in F._trainable_numels(arch, setup):
+        if setup.optimizer == "adamw":
+            out += [n * b, n * b]
+        elif setup.optimizer in ("adamw8bit", "paged-adamw8bit"):
+            out += [n * 8, n * 8] if n < 4096 else [n, n, -(-n // 256) * 4, -(-n // 256) * 4]
+        elif setup.optimizer == "sgd" and setup.momentum > 0:
+            out += [n * b]
+    return out
+
+
+def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str | None = None,
+                keeps_logits: bool = False) -> list[tuple[str, int, int]]:
+    """Alloc/free events of ``steps`` training steps of ``setup`` (fake tensors at full size), after the
+    static allocations (weights, adapters) and with the optimizer states made at the first step.
+    ``keeps_logits``: the loop holds the model output until the next step's forward rebinds it."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from transformers import AutoModelForCausalLM
+
+    from labkit.memory.estimate import installed_loss_path
+    from labkit.memory.trace import _no_mask_materialisation, _overwrite_params_on_conversion, _quiet
+
+    arch = model if isinstance(model, ArchInfo) else arch_info(model)
+    path = loss_path or installed_loss_path()
+    events: list[tuple[str, int, int]] = []
+    static = _static_sizes(arch, setup)
+    events += [("alloc", -1 - i, n) for i, n in enumerate(static)]
+    next_static = -1 - len(static)
+    rec = _Events()
+    import torch.nn.functional as nnf
+
+    orig_sdpa = nnf.scaled_dot_product_attention
+    with FakeTensorMode(allow_non_fake_inputs=True), _no_mask_materialisation(), _quiet(), \
+            _overwrite_params_on_conversion():
+        import copy
+
+        nnf.scaled_dot_product_attention = _flash_sdpa
+        try:
+            net = AutoModelForCausalLM.from_config(copy.deepcopy(arch.config), dtype=DTYPES[setup.param_dtype],
+                                                   attn_implementation="sdpa")
+            if setup.method == "qlora":
+                _swap_4bit(net, DTYPES[setup.compute])
+                for prm in net.parameters():
+                    prm.requires_grad_(False)
+            if setup.checkpointing:
+                net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+            if setup.method in ("lora", "qlora"):
+                from peft import get_peft_model
+
+                net = get_peft_model(net, setup.lora.peft_config(arch.model_type, quantized=setup.method == "qlora"))
+                if setup.checkpointing:
+                    net.enable_input_require_grads()
+            net.train()
+            rec.exclude(list(net.parameters()) + list(net.buffers()))
+            ids = torch.zeros(setup.batch, setup.seq, dtype=torch.long)
+            rec.exclude([ids])
+            amp = torch.autocast("cpu", dtype=DTYPES[setup.compute]) if setup.amp else contextlib.nullcontext()
+            trainable = [prm for prm in net.parameters() if prm.requires_grad]
+            kept = None
+            for step in range(steps):
+                with rec.mode:
+                    with amp:
+                        loss, logits = _loss(net, ids, path, arch.vocab)
+                    if keeps_logits:  # out = model(...) held: the previous step's output dies at this rebinding
+                        kept = logits
+                    del logits
+                    loss.backward()
+                    del loss
+                rec.events.append(("mark", step, 0))
+                if step == 0:  # optimizer states appear at the first step and stay
+                    for n in _optimizer_sizes(arch, setup):
+                        rec.events.append(("alloc", next_static, n))
+                        next_static -= 1
+                for prm in trainable:  # zero_grad(set_to_none=True)
+                    prm.grad = None
+            del kept
+        finally:
+            nnf.scaled_dot_product_attention = orig_sdpa
+    return events + [e for e in rec.events if e[0] != "mark"]
+
+
+def _swap_4bit(net: nn.Module, compute: torch.dtype) -> None:
+    from transformers.pytorch_utils import Conv1D
+
+    head = net.get_output_embeddings()
+    for _name, mod in list(net.named_modules()):
+        for child_name, child in list(mod.named_children()):
+            if child is head:
+                continue
+            if isinstance(child, nn.Linear):
+                setattr(mod, child_name, _Linear4bit(child, child.in_features, child.out_features, compute))
+            elif isinstance(child, Conv1D):
+                fan_in, fan_out = child.weight.shape
+                setattr(mod, child_name, _Linear4bit(child, fan_in, fan_out, compute))
+
+
+def simulate(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str | None = None,
+             keeps_logits: bool = False) -> dict[str, int]:
+    """The caching allocator over ``steps`` steps: ``allocated`` and ``reserved`` peaks (what
+    ``max_memory_allocated`` / ``max_memory_reserved`` report on a card with room to spare),
+    ``needs`` (the least the allocator must be allowed to reserve for the steps to run: on a card
+    near its limit it empties its cache before failing) and ``segments``."""
+    events = record_step(model, setup, steps, loss_path, keeps_logits)
+    alloc: CachingAllocator = replay(events)
+    return {"allocated": alloc.peak_allocated, "reserved": alloc.peak_reserved,
+            "needs": smallest_capacity(events), "segments": alloc.segments}
