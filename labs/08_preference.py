@@ -63,6 +63,7 @@ DPO_STEPS = pick(DPO_STEPS, smoke=6, standard=20, full=60)
 TRAIN_QUESTIONS = pick(TRAIN_QUESTIONS, smoke=24, standard=80, full=300)
 EVAL_QUESTIONS = pick(EVAL_QUESTIONS, smoke=10, standard=24, full=60)
 MAX_NEW_TOKENS = pick(None, smoke=48, standard=96, full=160)  # generation budget of the execution-accuracy cells
+SAMPLED_QUESTIONS = pick(None, smoke=3, standard=8, full=30)  # questions whose own samples make pairs (section 2)
 from labkit.train import RunStore
 STORE = RunStore() if REUSE_RUNS else None
 PROGRESS = not LAB.report
@@ -90,6 +91,19 @@ record("eval_pairs", len(eval_pairs))
 record("rules_used", len({p["rule"] for p in train_pairs}))
 
 # %% [markdown]
+# The same idea works for any task with a checker. For **json_extract** the task's own scorer
+# decides: five rules make a worse answer — JSON cut off before its closing brace, an unquoted key, a
+# trailing comma, a field dropped, a field's value taken from another customer — and a pair is kept
+# only when the rejected answer scores lower than the gold (it does not parse, or fewer fields are right).
+
+# %%
+from labkit.prefs import build_pairs
+json_pairs = build_pairs(SEED, task="json_extract")
+display(table([{k: p[k] for k in ("rule", "chosen", "rejected")} for p in json_pairs["train"][:5]]))
+print("json_extract rules:", dict(Counter(p["rule"] for p in json_pairs["train"])))
+record("json_rules_used", len({p["rule"] for p in json_pairs["train"]}))
+
+# %% [markdown]
 # ## 2 · SFT first, then DPO
 #
 # DPO starts from a model that already does the task (supervised fine-tuning, reused from the
@@ -113,6 +127,19 @@ curves({"chosen": [h["chosen_logps"] for h in history], "rejected": [h["rejected
 curves({"DPO loss": [h["loss"] for h in history]}, title="DPO loss (log 2 = 0.693 at the start)").show()
 record("dpo_status", run.record.status)
 record("dpo_first_loss", history[0]["loss"])
+
+# %% [markdown]
+# Rule-made rejections are mistakes the model may never make. The model's **own samples**, run against
+# the database, give rejected answers from its own distribution: every sample that fails or returns
+# other rows becomes a pair against the gold query (`labkit.prefs.sampled_pairs`, rule `sampled`).
+
+# %%
+from labkit.prefs import sampled_pairs
+own = sampled_pairs(sft_model, tokenizer, records["train"][:SAMPLED_QUESTIONS], k=2, seed=SEED,
+                    max_new_tokens=MAX_NEW_TOKENS)
+display(table([{k: p[k] for k in ("input", "chosen", "rejected")} for p in own[:4]]))
+print(f"{len(own)} pairs from {SAMPLED_QUESTIONS} questions × 2 samples (a sample that runs to the gold rows makes none)")
+record("sampled_pairs", len(own))
 
 # %% [markdown]
 # Held out: how often does each model rank the chosen query above the rejected one? For the

@@ -99,8 +99,9 @@ CHECKS = {
          lambda r: r["renamed_aliases_exact_set_match"] == 1 and r["renamed_aliases_exact_string"] == 0),
     ],
     "08_preference": [
-        ("pairs from all four rules, held-out pairs too",
-         lambda r: r["rules_used"] == 4 and r["train_pairs"] > 0 and r["eval_pairs"] > 0),
+        ("pairs from all four rules, held-out pairs too; json_extract pairs from all five of its rules",
+         lambda r: r["rules_used"] == 4 and r["train_pairs"] > 0 and r["eval_pairs"] > 0 and r["json_rules_used"] == 5),
+        ("the SFT model's own samples make pairs", lambda r: 0 <= r["sampled_pairs"] <= 2 * 30),
         ("DPO runs through the engine and starts at log 2",
          lambda r: r["dpo_status"] == "ok" and abs(r["dpo_first_loss"] - math.log(2)) < 1e-3),
         ("the DPO policy ranks chosen above rejected more often than chance",
