@@ -434,9 +434,12 @@ def test_upper_bound_names_its_terms_and_is_never_below_the_point() -> None:
                         optimizer="adamw8bit", seq=4096, checkpointing=True)
     r = estimate("llama-3.1-8b", setup)
     up = r.info["upper"]
-    assert set(up["terms"]) == {"kept_logits", "kv_repeat", "allocator_slack", "cuda_context"}
+    assert set(up["terms"]) == {"kept_logits", "kv_repeat", "allocator_slack", "logits_block", "cuda_context"}
     a = arch_info("llama-3.1-8b")
     assert up["terms"]["kept_logits"] == 4096 * a.vocab * 4
+    assert up["terms"]["logits_block"] == 4096 * a.vocab * 4  # one fp32 logits block the allocator cannot reuse
+    chunked = estimate("llama-3.1-8b", setup, loss_chunk=1024)  # no full logits: no such block
+    assert "logits_block" not in chunked.info["upper"]["terms"]
     # checkpointing: one recomputed layer's K/V repeated from 8 to 32 heads, bf16
     assert up["terms"]["kv_repeat"] == 4096 * 2 * (a.heads - a.kv_heads) * a.head_dim * 2
     no_gqa = estimate("gpt2", MemorySetup(method="lora", seq=512))  # 12 heads, 12 key/value heads

@@ -245,7 +245,7 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
     at, peak = peak_of(moments)
     overhead = (CUDA_CONTEXT + int(FRAGMENTATION * peak)) if setup.device == "cuda" else 0
     comp["overhead"] = overhead
-    upper = upper_bound(arch, setup, comp, trans, peak, keeps_logits)
+    upper = upper_bound(arch, setup, comp, trans, peak, keeps_logits, full_logits=not (loss_chunk and setup.trains))
     detail = {f"weights.{k}": v for k, v in wb.items()}
     detail.update({f"transient.{k}": v for k, v in trans.items()})
     if setup.amp:
@@ -284,7 +284,7 @@ def _chunked_logits(arch: ArchInfo, setup: MemorySetup, chunk: int,
 
 
 def upper_bound(arch: ArchInfo, setup: MemorySetup, comp: dict[str, int], trans: dict[str, int], peak: int,
-                keeps_logits: bool | None) -> dict[str, Any]:
+                keeps_logits: bool | None, full_logits: bool = True) -> dict[str, Any]:
     """The most the step can take given what the estimate cannot know, term by term.
 
     * the training loop keeping its output (unknown → assume kept, in fp32 as transformers < 4.46
@@ -295,6 +295,10 @@ def upper_bound(arch: ArchInfo, setup: MemorySetup, comp: dict[str, int], trans:
       ``use_gqa_in_sdpa``), and torchtune's attention always expands them: + 2·(H − K)·d per token per
       layer (one layer with checkpointing);
     * allocator slack (reserved − allocated): 5 % in the point estimate, up to 15 % here;
+    * a freed logits-sized block the caching allocator cannot hand on (``logits_block``, when the loss
+      materialises the full logits): b·s·V·4. The allocator replay (:mod:`labkit.memory.reserved`) needs
+      up to about one fp32 logits tensor beyond the allocated peak before a long-context step fits
+      (Llama-3.1-8B QLoRA: +3.6 % at 932 tokens, +25.5 % at 28,454) — more than a flat 15 % covers;
     * CUDA context and kernel workspaces: 512 MiB in the point estimate, up to 1 GiB here.
     """
     t_up = dict(trans)
@@ -312,6 +316,9 @@ def upper_bound(arch: ArchInfo, setup: MemorySetup, comp: dict[str, int], trans:
     if setup.device == "cuda":
         frag = int(FRAGMENTATION_UPPER * up_peak)
         terms["allocator_slack"] = frag - int(FRAGMENTATION * peak)
+        if setup.trains and full_logits:
+            terms["logits_block"] = setup.batch * setup.seq * arch.vocab * 4
+            frag += terms["logits_block"]
         terms["cuda_context"] = CUDA_CONTEXT_UPPER - CUDA_CONTEXT
         total = up_peak + frag + CUDA_CONTEXT_UPPER
     else:

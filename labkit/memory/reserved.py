@@ -211,14 +211,16 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
     import torch.nn.functional as nnf
 
     orig_sdpa = nnf.scaled_dot_product_attention
+    attn = setup.attn if arch.sdpa_supported else "eager"  # eager: the real s x s probabilities, as on the GPU
     with FakeTensorMode(allow_non_fake_inputs=True), _no_mask_materialisation(), _quiet(), \
             _overwrite_params_on_conversion():
         import copy
 
-        nnf.scaled_dot_product_attention = _flash_sdpa
+        if attn == "sdpa":
+            nnf.scaled_dot_product_attention = _flash_sdpa
         try:
             net = AutoModelForCausalLM.from_config(copy.deepcopy(arch.config), dtype=DTYPES[setup.param_dtype],
-                                                   attn_implementation="sdpa")
+                                                   attn_implementation=attn)
             if setup.method == "qlora":
                 _swap_4bit(net, DTYPES[setup.compute])
                 for prm in net.parameters():
