@@ -10,8 +10,10 @@ Same base weights, same text2sql train records tokenized once by labkit (prompt 
 sequential sampler, so the loss curves can be compared step by step), same batch size, steps,
 learning rate and schedule (transformers' cosine with warmup in both), AdamW, clipping at 1.0,
 fp32 (on the CPU by default; ``--device cuda`` runs both on the GPU). The Trainer uses what its
-users would: ``DataCollatorForSeq2Seq`` (pads to the longest in the batch, labels with -100) and
-peft's ``get_peft_model`` with the same LoraConfig.
+users would: ``DataCollatorForSeq2Seq`` (pads to the longest in the batch, labels with -100),
+peft's ``get_peft_model`` with the same LoraConfig, and ``TrainingArguments``' default optimizer
+(``adamw_torch_fused`` since torch 2.8, fused on the CPU too; labkit's engine uses the same fused
+kernel on the CPU). Each run reports the optimizer it stepped with.
 
 Each run is a fresh subprocess, in ABBA order (labkit, trainer, trainer, labkit, …), so machine
 noise and warm caches hit both alike. Reported per run:
@@ -88,22 +90,37 @@ def _cuda_peaks(device: str) -> dict[str, int]:
             "cuda_max_reserved": int(torch.cuda.max_memory_reserved())}
 
 
+def _optimizer_name(optimizer: Any) -> str:
+    """``AdamW (fused)`` / ``AdamW (foreach)`` / ``AdamW (not fused)``: the kernel a run stepped with."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the Trainer's
+    defaults = getattr(optimizer, "defaults", {})
+    kind = "fused" if defaults.get("fused") else "foreach" if defaults.get("foreach") else "not fused"
+    return f"{type(optimizer).__name__} ({kind})"
+
+
 def run_labkit(model: str, steps: int, options: dict[str, Any], device: str = "cpu") -> dict[str, Any]:
     from labkit.models import load_model, load_tokenizer
     from labkit.train.data import training_features
-    from labkit.train.engine import train
+    from labkit.train.engine import TrainHooks, train
+
+    class OptimizerSeen(TrainHooks):  # notes which optimizer the run stepped with
+        name = ""
+
+        def after_step(self, step: int, model: Any, optimizer: Any) -> None:
+            self.name = self.name or _optimizer_name(optimizer)
 
     config = _config(model, steps, options)
     base = (load_model(model), load_tokenizer(model))
     training_features(base[1], config)  # tokenize before the RSS baseline, as the Trainer side does
     before = _current_rss_bytes()
     _reset_cuda_peak(device)
-    record = train(config, base=base, progress=False, raise_errors=True, device=device)
+    hooks = OptimizerSeen()
+    record = train(config, base=base, progress=False, raise_errors=True, device=device, hooks=hooks)
     peaks = _cuda_peaks(device)
     timed = record.steps[1:]
     tokens = sum(s.tokens_per_s * s.seconds for s in timed)
     return {"tokens_per_s": tokens / sum(s.seconds for s in timed), "losses": record.losses,
-            "rss_before": before, "rss_peak": _rss_bytes(), **peaks}
+            "optimizer": hooks.name, "rss_before": before, "rss_peak": _rss_bytes(), **peaks}
 
 
 def _labkit_order(features: list, seed: int, n: int) -> list:
@@ -159,7 +176,7 @@ def run_trainer(model: str, steps: int, options: dict[str, Any], device: str = "
         arguments = TrainingArguments(
             output_dir=out, per_device_train_batch_size=BATCH, gradient_accumulation_steps=1, max_steps=steps,
             learning_rate=config.learning_rate, lr_scheduler_type="cosine", warmup_steps=WARMUP_STEPS,
-            weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", logging_steps=1, save_strategy="no",
+            weight_decay=0.0, max_grad_norm=1.0, logging_steps=1, save_strategy="no",
             report_to=[], use_cpu=device == "cpu", seed=config.seed, dataloader_num_workers=0, remove_unused_columns=False,
             disable_tqdm=True)
         trainer = InOrder(model=net, args=arguments, train_dataset=examples, data_collator=collate,
@@ -171,7 +188,7 @@ def run_trainer(model: str, steps: int, options: dict[str, Any], device: str = "
     seconds = [b - a for a, b in zip(clock.ends, clock.ends[1:])]
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {"tokens_per_s": sum(real_tokens[1:steps]) / sum(seconds[1:]), "losses": losses,
-            "rss_before": before, "rss_peak": _rss_bytes(), **peaks}
+            "optimizer": _optimizer_name(trainer.optimizer), "rss_before": before, "rss_peak": _rss_bytes(), **peaks}
 
 
 def _cuda_text(run: dict[str, Any]) -> str:
@@ -236,7 +253,7 @@ def main() -> None:
                 runs[side].append(run)
                 print(f"{model:14s} {side:8s} {run['tokens_per_s']:9.0f} tok/s  peak RSS "
                       f"{run['rss_peak'] / 2**20:7.0f} MiB (+{(run['rss_peak'] - run['rss_before']) / 2**20:.0f} "
-                      f"in training)  final loss {run['losses'][-1]:.4f}" + _cuda_text(run), flush=True)
+                      f"in training)  final loss {run['losses'][-1]:.4f}  {run['optimizer']}" + _cuda_text(run), flush=True)
         results[model] = runs
     print("\nmodel          method  labkit tok/s  Trainer tok/s  ratio   growth labkit  growth Trainer")
     for model, runs in results.items():

@@ -142,6 +142,7 @@ import inspect
 
 from labkit.train import step as engine_step
 
+print(inspect.getsource(engine_step.backpropagate))
 print(inspect.getsource(engine_step.accumulate_gradients))
 print(inspect.getsource(engine_step.train_step))
 

@@ -199,6 +199,7 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
     from transformers import AutoModelForCausalLM
 
     from labkit.memory.estimate import installed_loss_path
+    from labkit.train.step import StepSettings, backpropagate, scaler_for
     from labkit.memory.trace import _no_mask_materialisation, _overwrite_params_on_conversion, _quiet
 
     arch = model if isinstance(model, ArchInfo) else arch_info(model)
@@ -240,6 +241,7 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
             amp = torch.autocast("cpu", dtype=DTYPES[setup.compute]) if setup.amp else contextlib.nullcontext()
             trainable = [prm for prm in net.parameters() if prm.requires_grad]
             kept = None
+            settings = StepSettings(scaler=scaler_for(torch.device("cpu"), enabled=False))
             for step in range(steps):
                 with rec.mode:
                     with amp:
@@ -247,7 +249,7 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
                     if keeps_logits:  # out = model(...) held: the previous step's output dies at this rebinding
                         kept = logits
                     del logits
-                    loss.backward()
+                    backpropagate(loss, settings)  # labkit's one backward
                     del loss
                 rec.events.append(("mark", step, 0))
                 if step == 0:  # optimizer states appear at the first step and stay

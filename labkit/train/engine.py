@@ -40,6 +40,7 @@ from labkit.train.step import (
     model_loss,
     train_step,
 )
+from labkit.train.unpad import segment_attention_is_exact, segment_attention_on, unpad
 from labkit.train.store import RunStore
 
 __all__ = ["TrainHooks", "train", "build_model", "prepare_for_training", "evaluate", "causal_lm_loss",
@@ -121,6 +122,7 @@ class _Run:
         self.hooks, self.callbacks, self.progress, self.prepare = hooks, callbacks, progress, prepare
         self.device, self.store, self.raise_errors = device, store, raise_errors
         self.given_loss_fn = loss_fn
+        self.unpadded = False  # set_up decides
         self.model: torch.nn.Module | None = None
         self.tokenizer: Any = None
 
@@ -172,6 +174,10 @@ class _Run:
         record.params = count_params(self.model)
         path = resolve_path(config, self.model, distributed=dist.enabled, own_batches=self.batches is None)
         record.packed = path.packing  # what "auto" became on this model
+        # Packed rows, unpadded into one row attended example by example: the same sums, no padding tokens.
+        # One process on the CPU (measured there), on a model where a probe shows the same logits.
+        self.unpadded = (path.packing and self.batches is None and not dist.enabled and self.device.type == "cpu"
+                         and segment_attention_is_exact(self.model))
         record.loss_chunk = path.loss_chunk if self.given_loss_fn is None else None
         self.loss_fn = self.given_loss_fn or (chunked_lm_loss(path.loss_chunk) if path.loss_chunk else model_loss)
         self.wrapped = dist.wrap(self.model, config.parallel)  # before the optimizer: FSDP swaps in shards
@@ -207,7 +213,10 @@ class _Run:
             t0 = time.perf_counter()
             micro_batches = [_to(next(self.stream), self.device) for _ in range(config.grad_accum)]
             self.settings.forward_context = lambda micro, step=step: self.hooks.forward_context(step, micro)
-            result = train_step(self.wrapped, micro_batches, self.optimizer, self.settings, self.trainable)
+            if self.unpadded:
+                micro_batches = [unpad(b) for b in micro_batches]
+            with segment_attention_on(self.model) if self.unpadded else contextlib.nullcontext():
+                result = train_step(self.wrapped, micro_batches, self.optimizer, self.settings, self.trainable)
             entry = self.step_record(step, result, t0, count_tokens(micro_batches))
             record.steps.append(entry)
             if not result.updated:

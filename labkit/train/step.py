@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,17 +37,22 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, n_targets: int) -
                            reduction="sum") / max(n_targets, 1)
 
 
-def _model_inputs(batch: Batch) -> dict[str, torch.Tensor | bool | None]:
+def _model_inputs(batch: Batch) -> dict[str, Any]:
     """The forward's keyword arguments; a packed batch brings ``position_ids`` and no attention mask.
 
     With per-example ``position_ids`` and no 2D mask, transformers builds a block-causal mask (no
     attention across example boundaries) — but only without a KV cache, hence ``use_cache=False``.
+    An unpadded batch (:func:`unpad`) also brings its examples' lengths, which
+    :func:`segment_attention` reads.
     """
-    inputs: dict[str, torch.Tensor | bool | None] = {"input_ids": batch["input_ids"],
-                                                     "attention_mask": batch.get("attention_mask")}
+    inputs: dict[str, Any] = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
     if "position_ids" in batch:
         inputs["position_ids"] = batch["position_ids"]
         inputs["use_cache"] = False
+    if "segment_lengths" in batch:  # an unpadded row (labkit.train.unpad)
+        from labkit.train.unpad import SEGMENTS_KWARG
+
+        inputs[SEGMENTS_KWARG] = batch["segment_lengths"].tolist()
     return inputs
 
 
@@ -145,6 +150,13 @@ class StepResult:
     updated: bool
 
 
+def backpropagate(loss: torch.Tensor, settings: StepSettings) -> None:
+    """Loss → gradients: scaled for fp16 loss scaling (and by ``loss_multiplier`` for the underflow
+    lesson). The one ``.backward()`` in labkit; the allocator replay's steps go through it too."""
+    scaled = loss * settings.loss_multiplier if settings.loss_multiplier != 1.0 else loss
+    settings.scaler.scale(scaled).backward()
+
+
 def accumulate_gradients(model: torch.nn.Module, micro_batches: Sequence[Batch], settings: StepSettings,
                          n_targets: int | None = None) -> float:
     """Forward → loss → backward for each micro-batch; gradients add up. Returns the summed loss."""
@@ -156,8 +168,7 @@ def accumulate_gradients(model: torch.nn.Module, micro_batches: Sequence[Batch],
         with settings.no_sync(i == len(micro_batches) - 1):
             with context, settings.autocast():
                 loss = settings.loss_fn(model, batch, n_targets)  # forward → loss
-            scaled = loss * settings.loss_multiplier if settings.loss_multiplier != 1.0 else loss
-            settings.scaler.scale(scaled).backward()  # → backward
+            backpropagate(loss, settings)  # → backward
         total += loss.item()
     return total
 
