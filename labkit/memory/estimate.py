@@ -7,6 +7,7 @@ checkpointed block's recomputation, and the optimizer step (gradients + states +
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from labkit.memory import formulas as F
@@ -34,8 +35,11 @@ LOSS_PATHS = {
 LOSS_PATH = LOSS_PATHS["transformers>=4.49"]
 
 
+@functools.lru_cache(maxsize=1)
 def installed_loss_path() -> str:
-    """The loss path of the transformers installed here (what a run on this machine would take)."""
+    """The loss path of the transformers installed here (what a run on this machine would take).
+    Cached: reading package metadata costs tens of milliseconds, and the memory panel estimates on
+    every control change."""
     try:
         from importlib.metadata import version
 
