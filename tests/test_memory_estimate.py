@@ -297,6 +297,30 @@ class _LiveBytes:
         self.seen.pop(key, None)
 
 
+def _tracked_toy(cfg: dict, dtype, method: str, ckpt: bool, precision: str, vocab: int):
+    """A toy model (LoRA all-linear or full, checkpointed or not) in train mode, a 2 x 96 batch, a
+    live-bytes tracker that excludes what exists before the step, and the autocast context."""
+    import contextlib
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    net = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=dtype, attn_implementation="sdpa")
+    if ckpt:
+        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        net = get_peft_model(net, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+        if ckpt:
+            net.enable_input_require_grads()
+    net.train()
+    ids = torch.randint(0, vocab, (2, 96))
+    live = _LiveBytes(list(net.parameters()) + list(net.buffers()) + [ids])
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "amp-bf16" else contextlib.nullcontext()
+    return net, ids, live, amp
+
+
 @pytest.mark.parametrize("precision,method,keep,ckpt,vocab,low,high", [
     ("fp32", "full", False, False, 8192, -1, 1), ("bf16", "lora", False, False, 8192, -1, 1),
     ("bf16", "lora", True, False, 8192, -1, 1), ("amp-bf16", "lora", True, True, 8192, -1, 1),
@@ -312,26 +336,13 @@ def test_peak_moment_matches_live_tensor_peak(precision: str, method: str, keep:
     tensors, and a loop that keeps its output holds the logits too. With vocab 256 the widest op of a
     recomputed block's backward does (full FT: + the parameter gradients accumulated so far)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = toy_config("llama", vocab_size=vocab, hidden_size=64, num_hidden_layers=2)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     torch.manual_seed(0)
-    net = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=dtype, attn_implementation="sdpa")
     setup = MemorySetup(method=method, precision=precision, batch=2, seq=96, device="cpu", checkpointing=ckpt,
                         targets="all-linear")
-    if ckpt:
-        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
-    if method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        net = get_peft_model(net, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
-        if ckpt:
-            net.enable_input_require_grads()
-    net.train()
-    ids = torch.randint(0, vocab, (2, 96))
-    live = _LiveBytes(list(net.parameters()) + list(net.buffers()) + [ids])
-    amp = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "amp-bf16" else __import__("contextlib").nullcontext()
+    net, ids, live, amp = _tracked_toy(cfg, dtype, method, ckpt, precision, vocab)
     with live.mode:
         with amp:
             out = net(input_ids=ids, labels=ids, use_cache=False)
@@ -368,24 +379,12 @@ def test_older_transformers_loss_paths_match_live_tensor_peak(path: str, precisi
     logits terms dominate). 4.46-4.48 keep the half logits, their fp32 upcast and a shifted fp32 copy
     alive at once; <= 4.45 return fp32 logits from the model (the half ones freed) and shift-copy them."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     vocab = 8192
     cfg = toy_config("llama", vocab_size=vocab, hidden_size=64, num_hidden_layers=2)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     torch.manual_seed(0)
-    net = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=dtype, attn_implementation="sdpa")
-    if ckpt:
-        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
-    from peft import LoraConfig, get_peft_model
-
-    net = get_peft_model(net, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
-    if ckpt:
-        net.enable_input_require_grads()
-    net.train()
-    ids = torch.randint(0, vocab, (2, 96))
-    live = _LiveBytes(list(net.parameters()) + list(net.buffers()) + [ids])
-    amp = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "amp-bf16" else __import__("contextlib").nullcontext()
+    net, ids, live, amp = _tracked_toy(cfg, dtype, "lora", ckpt, precision, vocab)
     with live.mode:
         with amp:
             out = net(input_ids=ids, use_cache=False)

@@ -29,36 +29,6 @@ from labkit.memory.setup import MemorySetup
 from labkit.train.precision import DTYPES
 
 
-class _FlashAttention(torch.autograd.Function):
-    """Flash attention's allocations: out (b, s, h, d layout) + fp32 lse; backward dq, dk, dv, dq_accum."""
-
-    @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # noqa: D401
-        b, h, s, d = q.shape
-        out = q.new_empty(b, s, h, v.shape[-1]).transpose(1, 2)
-        lse = q.new_empty(b, h, s, dtype=torch.float32)
-        ctx.save_for_backward(q, k, v, out, lse)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> Any:
-        q, k, v, _out, _lse = ctx.saved_tensors
-        b, h, s, d = q.shape
-        accum = q.new_empty(b, s, h, d, dtype=torch.float32)  # FA2's fp32 dq accumulator
-        softmax_d = q.new_empty(b, h, s, dtype=torch.float32)
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        del accum, softmax_d
-        return dq, dk, dv
-
-
-def _flash_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-                enable_gqa=False, **_kw):
-    if torch.is_autocast_enabled("cpu"):
-        dtype = torch.get_autocast_dtype("cpu")
-        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
-    return _FlashAttention.apply(query, key, value)
-
-
 class _Matmul4bit(torch.autograd.Function):
     """bitsandbytes' 4-bit linear: x in the compute dtype, the weight dequantized for the matmul and
     for the input gradient, the output cast back to x's dtype; nothing saved but the packed weight."""
@@ -200,7 +170,7 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
 
     from labkit.memory.estimate import installed_loss_path
     from labkit.train.step import StepSettings, backpropagate, scaler_for
-    from labkit.memory.trace import _no_mask_materialisation, _overwrite_params_on_conversion, _quiet
+    from labkit.memory.trace import _flash_sdpa, _no_mask_materialisation, _overwrite_params_on_conversion, _quiet
 
     arch = model if isinstance(model, ArchInfo) else arch_info(model)
     path = loss_path or installed_loss_path()

@@ -59,8 +59,16 @@ class _FlashSaves(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> Any:  # pragma: no cover - never run on fake tensors
-        return None, None, None
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        """What flash attention's backward allocates (the allocator replay runs it): dq, dk, dv, and an
+        fp32 dq accumulator and softmax statistics while it runs (FA2)."""
+        q, k, v, _out, _lse = ctx.saved_tensors
+        b, h, s, d = q.shape
+        accum = q.new_empty(b, s, h, d, dtype=torch.float32)
+        softmax_d = q.new_empty(b, h, s, dtype=torch.float32)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        del accum, softmax_d
+        return dq, dk, dv
 
 
 def _flash_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
