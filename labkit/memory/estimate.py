@@ -32,7 +32,6 @@ LOSS_PATHS = {
     "transformers<4.46": ("transformers <= 4.45: the model returns fp32 logits (lm_head(...).float(), the half "
                           "logits freed), the loss makes a contiguous shifted copy (batch > 1), log_softmax on it"),
 }
-LOSS_PATH = LOSS_PATHS["transformers>=4.49"]
 
 
 @functools.lru_cache(maxsize=1)

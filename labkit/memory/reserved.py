@@ -170,7 +170,8 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
 
     from labkit.memory.estimate import installed_loss_path
     from labkit.train.step import StepSettings, backpropagate, scaler_for
-    from labkit.memory.trace import _flash_sdpa, _no_mask_materialisation, _overwrite_params_on_conversion, _quiet
+    from labkit.memory.trace import (_flash_sdpa, _no_mask_materialisation, _overwrite_params_on_conversion, _quiet,
+                                     _swap_4bit)
 
     arch = model if isinstance(model, ArchInfo) else arch_info(model)
     path = loss_path or installed_loss_path()
@@ -193,7 +194,8 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
             net = AutoModelForCausalLM.from_config(copy.deepcopy(arch.config), dtype=DTYPES[setup.param_dtype],
                                                    attn_implementation=attn)
             if setup.method == "qlora":
-                _swap_4bit(net, DTYPES[setup.compute])
+                compute = DTYPES[setup.compute]
+                _swap_4bit(net, lambda lin, fan_in, fan_out: _Linear4bit(lin, fan_in, fan_out, compute))
                 for prm in net.parameters():
                     prm.requires_grad_(False)
             if setup.checkpointing:
@@ -232,21 +234,6 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
         finally:
             nnf.scaled_dot_product_attention = orig_sdpa
     return events + [e for e in rec.events if e[0] != "mark"]
-
-
-def _swap_4bit(net: nn.Module, compute: torch.dtype) -> None:
-    from transformers.pytorch_utils import Conv1D
-
-    head = net.get_output_embeddings()
-    for _name, mod in list(net.named_modules()):
-        for child_name, child in list(mod.named_children()):
-            if child is head:
-                continue
-            if isinstance(child, nn.Linear):
-                setattr(mod, child_name, _Linear4bit(child, child.in_features, child.out_features, compute))
-            elif isinstance(child, Conv1D):
-                fan_in, fan_out = child.weight.shape
-                setattr(mod, child_name, _Linear4bit(child, fan_in, fan_out, compute))
 
 
 def simulate(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str | None = None,

@@ -11,7 +11,7 @@ and the fallback for architectures those formulas do not cover.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -187,8 +187,9 @@ def trace_activations(model: Any, setup: MemorySetup) -> dict[str, Any]:
     return {"activations": acts, "logits": logits, "items": rec.items}
 
 
-def _swap_4bit(net: nn.Module) -> None:
-    """Every block linear becomes a 4-bit stand-in (bitsandbytes keeps embeddings and the head)."""
+def _swap_4bit(net: nn.Module, layer: Callable[[nn.Module, int, int], nn.Module] = _Fake4bitLinear) -> None:
+    """Every block linear becomes a 4-bit stand-in, ``layer(linear, fan_in, fan_out)`` (bitsandbytes
+    keeps embeddings and the head)."""
     from transformers.pytorch_utils import Conv1D
 
     head = net.get_output_embeddings()
@@ -197,10 +198,10 @@ def _swap_4bit(net: nn.Module) -> None:
             if child is head:
                 continue
             if isinstance(child, nn.Linear):
-                setattr(mod, child_name, _Fake4bitLinear(child, child.in_features, child.out_features))
+                setattr(mod, child_name, layer(child, child.in_features, child.out_features))
             elif isinstance(child, Conv1D):
                 fan_in, fan_out = child.weight.shape
-                setattr(mod, child_name, _Fake4bitLinear(child, fan_in, fan_out))
+                setattr(mod, child_name, layer(child, fan_in, fan_out))
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ is known to be exact:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -56,18 +56,27 @@ def _probe(model: torch.nn.Module, config: Any) -> bool:
     device = next(model.parameters()).device
     packed = torch.cat([first, second])[None].to(device)
     positions = torch.cat([torch.arange(6), torch.arange(5)])[None].to(device)
+    return forwards_agree(model, lambda: model(input_ids=second[None].to(device)).logits[0],
+                          lambda: model(input_ids=packed, position_ids=positions, use_cache=False).logits[0, 6:],
+                          tolerance=1e-2)
+
+
+def forwards_agree(model: torch.nn.Module, reference: Callable[[], torch.Tensor],
+                   candidate: Callable[[], torch.Tensor], tolerance: float) -> bool:
+    """Whether two forwards of ``model`` give the same logits within ``tolerance`` of the largest:
+    run in eval mode (no dropout) without gradients; a forward that raises means no. The probes
+    behind the engine's automatic speed-ups (packing here, unpadding in :mod:`labkit.train.unpad`)."""
     was_training = model.training
     model.eval()  # no dropout: the two forwards must be comparable
     try:
         with torch.no_grad():
-            alone = model(input_ids=second[None].to(device)).logits[0].float()
-            together = model(input_ids=packed, position_ids=positions, use_cache=False).logits[0, 6:].float()
-    except Exception:  # a model that refuses position_ids cannot be packed
+            expected, got = reference().float(), candidate().float()
+    except Exception:  # a model that refuses the inputs cannot take the path
         return False
     finally:
         model.train(was_training)
-    scale = float(alone.abs().max()) or 1.0
-    return bool(torch.isfinite(together).all()) and float((alone - together).abs().max()) <= 1e-2 * scale
+    scale = float(expected.abs().max()) or 1.0
+    return bool(torch.isfinite(got).all()) and float((expected - got).abs().max()) <= tolerance * scale
 
 
 def resolve_path(config: TrainConfig, model: torch.nn.Module, *, distributed: bool,

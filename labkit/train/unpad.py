@@ -16,6 +16,8 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
+from labkit.train.auto import _causal, forwards_agree
+
 Batch = dict[str, torch.Tensor]
 
 SEGMENT_ATTENTION = "labkit_segments"  # the attention implementation's name in transformers' registry
@@ -59,8 +61,7 @@ def segment_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
 
 
 def _causal_config(model: torch.nn.Module) -> Any:
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(causal, "config", None)
+    return getattr(_causal(model), "config", None)
 
 
 @contextlib.contextmanager
@@ -104,17 +105,11 @@ def _probe_segments(model: torch.nn.Module, config: Any) -> bool:
     device = next(model.parameters()).device
     ids = torch.randint(3, vocab, (1, 11), generator=generator).to(device)
     positions = torch.cat([torch.arange(6), torch.arange(5)])[None].to(device)
-    was_training = model.training
-    model.eval()  # no dropout: the two forwards must be comparable
-    try:
-        with torch.no_grad():
-            packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits.float()
-            with segment_attention_on(model):
-                row = model(input_ids=ids, position_ids=positions, use_cache=False,
-                            **{SEGMENTS_KWARG: [6, 5]}).logits.float()
-    except Exception:  # a model that drops the keyword or refuses the implementation keeps the packed rows
-        return False
-    finally:
-        model.train(was_training)
-    scale = float(packed.abs().max()) or 1.0
-    return bool(torch.isfinite(row).all()) and float((packed - row).abs().max()) <= 1e-4 * scale
+
+    def unpadded() -> torch.Tensor:
+        with segment_attention_on(model):
+            return model(input_ids=ids, position_ids=positions, use_cache=False, **{SEGMENTS_KWARG: [6, 5]}).logits
+
+    # a model that drops the keyword or refuses the implementation keeps the packed rows
+    return forwards_agree(model, lambda: model(input_ids=ids, position_ids=positions, use_cache=False).logits,
+                          unpadded, tolerance=1e-4)
