@@ -223,7 +223,6 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
                     del logits
                     backpropagate(loss, settings)  # labkit's one backward
                     del loss
-                rec.events.append(("mark", step, 0))
                 if step == 0:  # optimizer states appear at the first step and stay
                     for n in _optimizer_sizes(arch, setup):
                         rec.events.append(("alloc", next_static, n))
@@ -233,7 +232,7 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
             del kept
         finally:
             nnf.scaled_dot_product_attention = orig_sdpa
-    return events + [e for e in rec.events if e[0] != "mark"]
+    return events + rec.events
 
 
 def simulate(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str | None = None,
