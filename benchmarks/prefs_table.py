@@ -4,6 +4,7 @@ a reward model's pairwise accuracy, and best-of-n — on held-out pairs and ques
     python benchmarks/prefs_table.py                          # tiny (minutes on 2 CPU cores)
     python benchmarks/prefs_table.py --model smollm2-135m     # the real SmolLM2-135M (longer)
     python benchmarks/prefs_table.py --json out.json
+    python benchmarks/prefs_table.py --pairs sampled          # DPO on the SFT model's own samples
 
 Every number is measured here: preference accuracy = how often the model's log-prob (or, for the
 DPO policies, the implicit reward β·(log π − log π_ref)) ranks the chosen query above the rejected
@@ -26,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def run(model: str, *, sft_steps: int, dpo_steps: int, lr: float, beta: float, sft_weights: list[float],
         train_questions: int, eval_questions: int, ex_questions: int, best_of: int, max_new_tokens: int,
-        seed: int) -> dict[str, Any]:
+        seed: int, pairs: str = "rules", sampled_questions: int = 100, samples: int = 4) -> dict[str, Any]:
     from labkit.models import load_model
-    from labkit.prefs import pairs_for
+    from labkit.prefs import pairs_for, sampled_pairs
     from labkit.prefs.bestofn import best_of_n
     from labkit.prefs.reward import pairwise_accuracy, score_answers, train_reward_model
     from labkit.prefs.run import dpo, dpo_report, sft
@@ -41,6 +42,14 @@ def run(model: str, *, sft_steps: int, dpo_steps: int, lr: float, beta: float, s
     questions = records["eval"][:ex_questions]
     t0 = time.perf_counter()
     _, sft_model, tok = sft(model, steps=sft_steps, store=RunStore(), seed=seed)
+    # The training pairs: rule-made, or the SFT model's own samples scored by execution, or both.
+    # The held-out pairs stay the rule-made ones, so every variant is scored on the same pairs.
+    rule_pairs = train_pairs
+    own = sampled_pairs(sft_model, tok, records["train"][:sampled_questions], k=samples, seed=seed) \
+        if pairs != "rules" else []
+    train_pairs = {"rules": rule_pairs, "sampled": own, "both": rule_pairs + own}[pairs]
+    if not train_pairs:
+        raise SystemExit(f"no training pairs ({pairs}): every sample was right; raise --sampled-questions")
 
     def ex(m: Any) -> dict[str, Any]:
         return evaluate_model(m, tok, "text2sql", questions, max_new_tokens, return_predictions=True)
@@ -72,8 +81,9 @@ def run(model: str, *, sft_steps: int, dpo_steps: int, lr: float, beta: float, s
         rows.append({"model": f"SFT, best-of-{best_of} ({picker})", "execution_accuracy": bon[picker]})
     return {"model": model, "rows": rows, "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
             "ex_questions": len(questions), "seconds": time.perf_counter() - t0,
+            "pairs": pairs, "sampled_pairs": len(own),
             "settings": {"sft_steps": sft_steps, "dpo_steps": dpo_steps, "lr": lr, "beta": beta, "seed": seed,
-                         "max_new_tokens": max_new_tokens}}
+                         "max_new_tokens": max_new_tokens, "pairs": pairs}}
 
 
 def _fmt(v: Any) -> str:
@@ -94,15 +104,21 @@ def main() -> int:
     ap.add_argument("--best-of", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pairs", choices=("rules", "sampled", "both"), default="rules",
+                    help="DPO/reward-model training pairs: rule-made, the SFT model's own samples, or both")
+    ap.add_argument("--sampled-questions", type=int, default=100, help="train questions sampled for --pairs sampled")
+    ap.add_argument("--samples", type=int, default=4, help="samples per question for --pairs sampled")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     out = run(args.model, sft_steps=args.sft_steps, dpo_steps=args.dpo_steps, lr=args.lr, beta=args.beta,
               sft_weights=[float(x) for x in args.sft_weights.split(",")], train_questions=args.train_questions,
               eval_questions=args.eval_questions, ex_questions=args.ex_questions, best_of=args.best_of,
-              max_new_tokens=args.max_new_tokens, seed=args.seed)
+              max_new_tokens=args.max_new_tokens, seed=args.seed, pairs=args.pairs,
+              sampled_questions=args.sampled_questions, samples=args.samples)
     keys = ["logp_accuracy", "reward_accuracy", "pairwise_accuracy", "execution_accuracy", "chosen_logps"]
-    print(f"{out['model']}: {out['train_pairs']} train pairs, {out['eval_pairs']} held-out pairs, "
+    print(f"{out['model']}: {out['train_pairs']} train pairs ({out['pairs']}; {out['sampled_pairs']} sampled), "
+          f"{out['eval_pairs']} held-out pairs, "
           f"EX on {out['ex_questions']} held-out questions; {out['settings']}")
     print(f"{'model':42s} " + " ".join(f"{k:>18s}" for k in keys))
     for row in out["rows"]:

@@ -92,7 +92,8 @@ takeaway("bf16 trades precision for fp32's range; fp16 is more precise but overf
 # %%
 from labkit.panels.precision import TrainingComparisonPanel
 from labkit.precision.mixed import demo_config
-SIZES = dict(batch_size=4, seq_len=64) if LAB.size != "full" else {}  # fp16 matmuls are slow on CPU: keep CPU sizes small
+# 16-bit matmuls are slow on a CPU without bf16/fp16 units (a step 15-20x fp32's): keep CPU sizes small
+SIZES = pick(None, smoke=dict(batch_size=2, seq_len=64), standard=dict(batch_size=4, seq_len=64), full={})
 comparison = TrainingComparisonPanel(config=demo_config(steps=STEPS, loss_multiplier=LOSS_MULTIPLIER, seed=SEED, **SIZES),
                                      steps=STEPS, loss_multiplier=LOSS_MULTIPLIER, store=STORE)
 for name, box in comparison.boxes.items():

@@ -188,6 +188,20 @@ def test_multitask_evaluates_each_task(tiny):
     assert set(record["eval"]) == {"text2sql", "json_extract"}
 
 
+def test_evaluating_tasks_together_scores_each_as_alone(tiny):
+    """One generation pass over both tasks' examples (fuller batches) gives every task the answers,
+    metrics and loss it gets evaluated alone."""
+    from labkit.tasks import evaluate_model, evaluate_tasks, load_task
+
+    examples = {name: list(load_task(name, seed=0)["eval"].select(range(3))) for name in ("text2sql", "json_extract")}
+    together = evaluate_tasks(*tiny, examples, max_new_tokens=48)
+    for name, recs in examples.items():
+        alone = evaluate_model(*tiny, name, recs, max_new_tokens=48)
+        assert together[name]["n"] == alone["n"] == 3
+        assert together[name]["accuracy"] == alone["accuracy"], name
+        assert together[name]["loss"] == pytest.approx(alone["loss"], rel=1e-5), name
+
+
 @pytest.mark.slow  # over a minute on 2 cores: started first under xdist
 def test_smollm2_lora_beats_its_base_on_execution_accuracy():
     """The real SmolLM2-135M (fetched from PyPI, converted once): 24 LoRA steps on CPU take it from

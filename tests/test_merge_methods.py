@@ -147,6 +147,21 @@ def test_trim_keeps_top_magnitudes():
     assert M.trim_magnitude(d, 0.01).count_nonzero() == 1  # at least one survives
 
 
+def test_trim_keeps_exactly_k_entries_even_with_ties_and_agrees_with_a_full_sort():
+    """trim_magnitude selects the k-th magnitude instead of sorting: ties at the threshold fill the
+    count to exactly k, and away from ties it keeps the same entries as a descending argsort (PEFT's way)."""
+    tied = torch.tensor([1.0, -2.0, 2.0, 2.0, 0.5, -2.0])
+    kept = M.trim_magnitude(tied, 0.5)  # k = 3 of four entries tied at |2|
+    assert kept.count_nonzero() == 3 and set(kept.abs().tolist()) == {0.0, 2.0}
+    g = torch.Generator().manual_seed(0)
+    for density in (0.1, 0.5, 0.9):
+        delta = torch.randn(64, 48, generator=g)
+        k = int(density * delta.numel())
+        reference = torch.zeros(delta.numel())
+        reference[torch.argsort(delta.abs().reshape(-1), descending=True)[:k]] = 1
+        assert torch.equal(M.trim_magnitude(delta, density), (delta.reshape(-1) * reference).reshape(delta.shape))
+
+
 def test_dare_paper_rescales_by_inverse_density_and_is_unbiased():
     base = torch.zeros(200, 200, dtype=torch.float64)
     a = _rand(200, 200, seed=50)

@@ -61,13 +61,14 @@ class TaskEvaluator:
 
     def score_model(self, model: nn.Module) -> dict[str, float]:
         """``{"acc_a", "acc_b", "loss_a", "loss_b", ...}`` of any model (or :class:`GreedyLM`)."""
-        from labkit.tasks import evaluate_model
+        from labkit.tasks import evaluate_tasks
 
         self.calls += 1
         out: dict[str, float] = {}
+        results = evaluate_tasks(model, self.tokenizer, self.examples, max_new_tokens=self.max_new_tokens,
+                                 batch_size=self.batch_size)
         for key, name in zip(("a", "b"), self.tasks):
-            metrics = evaluate_model(model, self.tokenizer, name, self.examples[name],
-                                     max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+            metrics = results[name]
             out[f"acc_{key}"] = float(metrics["accuracy"])
             out[f"exact_{key}"] = float(metrics.get("exact_match", float("nan")))
             out[f"loss_{key}"] = float(metrics["loss"])

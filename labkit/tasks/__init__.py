@@ -18,7 +18,7 @@ from typing import Any
 
 from labkit.errors import LabkitError
 from labkit.tasks import json_extract, text2sql
-from labkit.tasks.evaluate import answer_loss, evaluate_model, evaluate_predictions, generate_answers
+from labkit.tasks.evaluate import answer_loss, evaluate_model, evaluate_predictions, evaluate_tasks, generate_answers
 from labkit.tasks.formatting import (
     build_prompt,
     collate,
@@ -114,6 +114,6 @@ def fetch_data(name: str = "chinook") -> Path:
 
 __all__ = [
     "DATA", "SPLITS", "TASKS", "Task", "UnknownTaskError", "answer_loss", "build_prompt", "collate",
-    "end_of_turn", "evaluate_model", "evaluate_predictions", "fetch_data", "generate_answers", "get_task",
+    "end_of_turn", "evaluate_model", "evaluate_predictions", "evaluate_tasks", "fetch_data", "generate_answers", "get_task",
     "load_task", "stop_token_ids", "token_lengths", "tokenize_for_training",
 ]

@@ -32,6 +32,9 @@ from labkit.tasks.formatting import (
 # tokenizer (a three-table text2sql query) and 80 for SmolLM2's. A smaller budget cuts correct
 # answers short and scores them wrong (64 cut 83 of tiny's 188 held-out queries).
 MAX_NEW_TOKENS = 160
+# Prompts generated together. On a CPU a decode step at batch 20 costs what one at 16 does (SmolLM2:
+# 9.6 vs 9.4 s for 48 tokens), so 20 answers in one batch take 40 % less than in batches of 16 + 4.
+GENERATION_BATCH = 32
 
 
 def _as_records(examples: Any) -> list[dict[str, Any]]:
@@ -99,7 +102,7 @@ def generate_answers(
     tokenizer: Any,
     examples: Any,
     max_new_tokens: int = MAX_NEW_TOKENS,
-    batch_size: int = 16,
+    batch_size: int = GENERATION_BATCH,
 ) -> list[str]:
     """Greedy answers to ``examples`` (records or a Dataset), in their order, stripped."""
     records = _as_records(examples)
@@ -181,7 +184,7 @@ def evaluate_model(
     examples: Any,
     max_new_tokens: int = MAX_NEW_TOKENS,
     *,
-    batch_size: int = 16,
+    batch_size: int = GENERATION_BATCH,
     return_predictions: bool = False,
 ) -> dict[str, Any]:
     """Generate, score, and add the mean answer-token ``loss``, ``n`` and ``seconds``.
@@ -197,6 +200,37 @@ def evaluate_model(
     if return_predictions:
         metrics["predictions"] = preds
     return metrics
+
+
+def evaluate_tasks(
+    model: Any,
+    tokenizer: Any,
+    examples_by_task: Mapping[str, Any],
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    *,
+    batch_size: int = GENERATION_BATCH,
+) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate_model` for several tasks at once: ``{task: metrics}``.
+
+    The answers of every task are generated in one pass (fuller batches, fewer decode loops: a
+    merge path scoring two tasks of 4 examples each runs one batch of 8 instead of two of 4), then
+    scored task by task; each task's ``seconds`` is the whole joint evaluation's wall time.
+    """
+    start = time.perf_counter()
+    records = {name: _as_records(examples) for name, examples in examples_by_task.items()}
+    flat = [ex for recs in records.values() for ex in recs]
+    preds = generate_answers(model, tokenizer, flat, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    results: dict[str, dict[str, Any]] = {}
+    offset = 0
+    for name, recs in records.items():
+        metrics: dict[str, Any] = evaluate_predictions(name, preds[offset:offset + len(recs)], recs)
+        metrics["loss"] = answer_loss(model, tokenizer, recs, batch_size=max(1, batch_size // 2))
+        results[name] = metrics
+        offset += len(recs)
+    seconds = time.perf_counter() - start
+    for metrics in results.values():
+        metrics["seconds"] = seconds
+    return results
 
 
 def summarize(metrics: Mapping[str, Any]) -> str:

@@ -280,15 +280,12 @@ def _rebuild(config: TrainConfig, base: Any, device: torch.device, prepare: Prep
 
 def evaluate(model: torch.nn.Module, tokenizer: Any, config: TrainConfig, dist: Any = None) -> dict[str, Any]:
     """Task metrics on the eval split (greedy generation) plus eval loss; one dict per task if several."""
-    from labkit.tasks import evaluate_model
+    from labkit.tasks import evaluate_tasks
 
     if config.eval_examples == 0 or (dist is not None and not dist.is_main):
         return {}
     model.eval()
-    results = {
-        name: evaluate_model(model, tokenizer, name, examples, max_new_tokens=config.max_new_tokens)
-        for name, examples in eval_examples(config).items()
-    }
+    results = evaluate_tasks(model, tokenizer, eval_examples(config), max_new_tokens=config.max_new_tokens)
     model.train()
     return next(iter(results.values())) if len(results) == 1 else results
 
