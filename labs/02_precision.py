@@ -37,7 +37,7 @@ SEED = 0
 LANGUAGE = "en"  # "ko": panel labels and help in Korean
 REUSE_RUNS = True  # reuse finished training runs from the run store (LABKIT_HOME/runs)
 VALUE = 0.1  # the number the format explorer starts with
-STEPS: int | None = None  # None: 6 / 20 / 40 (smoke / standard / full)
+STEPS: int | None = None  # None: 4 / 20 / 40 (smoke / standard / full)
 PRECISIONS = ["fp32", "amp-fp16", "amp-fp16-scaled", "amp-bf16", "bf16"]
 LOSS_MULTIPLIER: float | None = None  # shrinks the loss so fp16 gradients underflow; None: labkit's measured value
 
@@ -52,7 +52,7 @@ if "google.colab" in sys.modules or importlib.util.find_spec("labkit") is None:
 from labkit.notebook import setup, pick, record, takeaway, table
 LAB = setup(SMOKE, size=SIZE, seed=SEED, language=LANGUAGE)
 MODEL = pick(MODEL, smoke="tiny", standard="tiny", full="smollm2-135m")
-STEPS = pick(STEPS, smoke=6, standard=20, full=40)
+STEPS = pick(STEPS, smoke=4, standard=20, full=40)
 from labkit.precision.mixed import UNDERFLOW_MULTIPLIER
 LOSS_MULTIPLIER = LOSS_MULTIPLIER if LOSS_MULTIPLIER is not None else UNDERFLOW_MULTIPLIER
 

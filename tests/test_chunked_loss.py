@@ -53,6 +53,30 @@ def test_chunked_loss_through_a_lora_wrapper(tiny):
         torch.testing.assert_close(grads_b[name], grads_a[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_answer_logits_are_the_full_logits_at_the_answer_positions(tiny):
+    """The head on the answer positions only (DPO's log-probs, the evaluation loss) gives the full
+    logits' rows there; a model whose logits are not lm_head(hidden) (Gemma-2's soft-capping) takes
+    the full forward instead, with the same result."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from labkit.train.step import answer_logits
+
+    model, tokenizer = tiny
+    features = training_features(tokenizer, TrainConfig(model="tiny", train_examples=3, seq_len=256))
+    batch = collate(features, tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    capped = Gemma2ForCausalLM(Gemma2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                            head_dim=16, final_logit_softcapping=30.0)).eval()
+    for net in (model.eval(), capped):
+        with torch.no_grad():
+            full = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits, targets, rows = answer_logits(net, batch)
+        where = (batch["labels"][:, 1:] != -100).nonzero(as_tuple=True)
+        assert rows.tolist() == where[0].tolist() and targets.tolist() == batch["labels"][:, 1:][where].tolist()
+        torch.testing.assert_close(logits, full[:, :-1][where], atol=1e-5, rtol=1e-5)
+
+
 def test_bad_chunk_is_refused():
     with pytest.raises(ValueError, match="chunk: must be an integer >= 1"):
         chunked_lm_loss(0)

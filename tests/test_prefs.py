@@ -95,8 +95,10 @@ def test_dpo_loss_and_gradients_equal_trls(records, tiny, sft_weight):
             p.add_(0.02 * torch.randn_like(p))
     features = tokenize_pairs(tok, prefs_data.pairs_for(records["eval"][:3], seed=0)[:4], 256)
     mix = dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, sft_weight]) if sft_weight else {}
+    # bf16=False: TRL's default (bf16 on) has accelerate wrap the reference's forward in bf16 autocast,
+    # so its reference log-probs are bf16 ones; both sides here compute in fp32.
     args = DPOConfig(output_dir=tempfile.mkdtemp(), beta=0.3, report_to="none", use_cpu=True,
-                     per_device_train_batch_size=4, **mix)
+                     per_device_train_batch_size=4, bf16=False, **mix)
     trainer = DPOTrainer(model=policy, ref_model=reference, args=args, processing_class=tok,
                          train_dataset=Dataset.from_list([{"prompt": "a", "chosen": "b", "rejected": "c"}] * 2))
     inputs = DataCollatorForPreference(pad_token_id=tok.pad_token_id)(features)

@@ -36,9 +36,17 @@ Batch = dict[str, torch.Tensor]
 
 
 def sequence_logps(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Sum of log p(answer token | everything before it) per row (prompt and padding excluded)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
-    return logps_from_logits(logits, batch["labels"])
+    """Sum of log p(answer token | everything before it) per row (prompt and padding excluded).
+
+    The same sum as :func:`logps_from_logits` on the full logits, with the LM head run only on the
+    answer positions (:func:`labkit.train.step.answer_logits`).
+    """
+    from labkit.train.step import answer_logits
+
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask"), "labels": batch["labels"]}
+    logits, targets, rows = answer_logits(model, inputs)
+    picked = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return torch.zeros(len(batch["input_ids"]), dtype=picked.dtype, device=picked.device).index_add(0, rows, picked)
 
 
 def logps_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from labkit.device import model_mode
 from labkit.tasks.formatting import (
-    IGNORE_INDEX,
     build_prompt,
     collate,
     encode,
@@ -145,22 +144,18 @@ def answer_loss(model: Any, tokenizer: Any, examples: Any, max_len: int = 512, b
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         features = tokenize_for_training(tokenizer, records, max_len)
+    from labkit.train.step import answer_logits  # the LM head on the answer positions only
+
     device = _device(model)
     pad = pad_token_id(tokenizer)
     total, count = 0.0, 0
     with model_mode(model, False), torch.inference_mode(), _cpu_threads_for(model):
         for start in range(0, len(features), batch_size):
             batch = collate(features[start:start + batch_size], pad)
-            logits = model(
-                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-            ).logits
-            labels = batch["labels"].to(logits.device)[:, 1:]
-            logits = logits[:, :-1].float()
-            total += F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                ignore_index=IGNORE_INDEX, reduction="sum",
-            ).item()
-            count += int((labels != IGNORE_INDEX).sum())
+            inputs = {key: batch[key].to(device) for key in ("input_ids", "attention_mask", "labels")}
+            logits, targets, _ = answer_logits(model, inputs)
+            total += F.cross_entropy(logits.float(), targets, reduction="sum").item()
+            count += len(targets)
     return total / max(count, 1)
 
 

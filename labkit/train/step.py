@@ -76,6 +76,24 @@ def _head_parts(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Modul
     return decoder, head
 
 
+def answer_logits(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(logits, targets, rows)`` at the positions that predict an answer token (label ≠ -100 at t+1).
+
+    The LM head runs on those positions only: a text2sql prompt (schema and question) is most of a
+    row and needs no logits. Models whose logits are not ``lm_head(hidden)`` (soft-capping, scaling)
+    and wrappers without a head get the full logits, then the same positions. ``rows``: each
+    position's row in the batch, to sum per sequence.
+    """
+    next_tokens = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
+    rows, cols = (next_tokens != -100).nonzero(as_tuple=True)
+    inputs = {"use_cache": False, **_model_inputs(batch)}
+    try:
+        decoder, head = _head_parts(model)
+    except ValueError:
+        return model(**inputs).logits[rows, cols], next_tokens[rows, cols], rows
+    return head(decoder(**inputs).last_hidden_state[rows, cols]), next_tokens[rows, cols], rows
+
+
 def _chunk_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
