@@ -39,7 +39,7 @@ LANGUAGE = "en"  # "ko": panel labels and help in Korean
 REUSE_RUNS = True  # reuse finished training runs from the run store (LABKIT_HOME/runs)
 STEPS: int | None = None  # None: 6 / 24 / 80 (smoke / standard / full)
 EVAL_EXAMPLES: int | None = None  # None: 4 / 8 / 40
-MAX_NEW_TOKENS: int | None = None  # answer tokens generated per eval question; None: 64 / 96 / 160
+MAX_NEW_TOKENS: int | None = None  # answer tokens generated per eval question; None: 40 / 96 / 160
 
 # %%
 # Colab (or any Python without labkit): install it. Elsewhere this cell does nothing.
@@ -54,7 +54,7 @@ LAB = setup(SMOKE, size=SIZE, seed=SEED, language=LANGUAGE)
 MODEL = pick(MODEL, smoke="tiny", standard="tiny", full="smollm2-135m")
 STEPS = pick(STEPS, smoke=6, standard=24, full=80)
 EVAL_EXAMPLES = pick(EVAL_EXAMPLES, smoke=4, standard=8, full=40)
-MAX_NEW_TOKENS = pick(MAX_NEW_TOKENS, smoke=64, standard=96, full=160)
+MAX_NEW_TOKENS = pick(MAX_NEW_TOKENS, smoke=40, standard=96, full=160)
 
 # %%
 from labkit.train import RunStore

@@ -41,8 +41,8 @@ LANGUAGE = "en"  # "ko": panel labels and help in Korean
 REUSE_RUNS = True  # reuse finished training runs from the run store (LABKIT_HOME/runs)
 BETA = 0.1  # DPO's β: how far the policy may move from the reference
 SFT_WEIGHT = 1.0  # α of the SFT term on the chosen answers in the second DPO run (RPO; 0 would be plain DPO again)
-SFT_STEPS: int | None = None  # None: 20 / 60 / 150 (smoke / standard / full)
-DPO_STEPS: int | None = None  # None: 6 / 20 / 60
+SFT_STEPS: int | None = None  # None: 12 / 60 / 150 (smoke / standard / full)
+DPO_STEPS: int | None = None  # None: 4 / 20 / 60
 TRAIN_QUESTIONS: int | None = None  # None: 24 / 80 / 300 (each gives up to four pairs)
 EVAL_QUESTIONS: int | None = None  # None: 10 / 24 / 60
 BEST_OF: int = 4  # samples per question for best-of-n
@@ -58,8 +58,8 @@ if "google.colab" in sys.modules or importlib.util.find_spec("labkit") is None:
 from labkit.notebook import setup, pick, record, takeaway, curves, table
 LAB = setup(SMOKE, size=SIZE, seed=SEED, language=LANGUAGE)
 MODEL = pick(MODEL, smoke="tiny", standard="tiny", full="smollm2-135m")
-SFT_STEPS = pick(SFT_STEPS, smoke=20, standard=60, full=150)
-DPO_STEPS = pick(DPO_STEPS, smoke=6, standard=20, full=60)
+SFT_STEPS = pick(SFT_STEPS, smoke=12, standard=60, full=150)
+DPO_STEPS = pick(DPO_STEPS, smoke=4, standard=20, full=60)
 TRAIN_QUESTIONS = pick(TRAIN_QUESTIONS, smoke=24, standard=80, full=300)
 EVAL_QUESTIONS = pick(EVAL_QUESTIONS, smoke=10, standard=24, full=60)
 MAX_NEW_TOKENS = pick(None, smoke=48, standard=96, full=160)  # generation budget of the execution-accuracy cells
