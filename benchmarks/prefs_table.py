@@ -43,8 +43,10 @@ def run(model: str, *, sft_steps: int, dpo_steps: int, lr: float, beta: float, s
     t0 = time.perf_counter()
     _, sft_model, tok = sft(model, steps=sft_steps, store=RunStore(), seed=seed)
     # The training pairs: rule-made, or the SFT model's own samples scored by execution, or both.
-    # The held-out pairs stay the rule-made ones, so every variant is scored on the same pairs.
+    # Every variant is scored on the same two held-out sets: rule-made pairs, and pairs from the SFT
+    # model's own samples on the held-out questions (its own mistakes, which rules may not make).
     rule_pairs = train_pairs
+    eval_own = sampled_pairs(sft_model, tok, records["eval"][:eval_questions], k=samples, seed=seed + 100_000)
     own = sampled_pairs(sft_model, tok, records["train"][:sampled_questions], k=samples, seed=seed) \
         if pairs != "rules" else []
     train_pairs = {"rules": rule_pairs, "sampled": own, "both": rule_pairs + own}[pairs]
@@ -59,29 +61,37 @@ def run(model: str, *, sft_steps: int, dpo_steps: int, lr: float, beta: float, s
     rows.append({"model": "base (no SFT)", "execution_accuracy": base_ex["execution_accuracy"]})
     sft_ex = ex(sft_model)
     sft_pref: dict[str, Any] = {}
+    sft_own: dict[str, Any] = {}
     for alpha in sft_weights:
         policy = dpo(sft_model, tok, train_pairs, beta=beta, steps=dpo_steps, lr=lr, seed=seed, model_name=model,
                      sft_weight=alpha)
         report = dpo_report(policy, tok, eval_pairs, reference=sft_pref.get("reference"))
         sft_pref = {**report["sft"], "reference": report["reference"]}
+        own_report = dpo_report(policy, tok, eval_own, reference=sft_own.get("reference")) if eval_own else None
+        if own_report:
+            sft_own = {**own_report["sft"], "reference": own_report["reference"]}
         name = "SFT + DPO" if not alpha else f"SFT + DPO + {alpha:g}·SFT term (RPO)"
         rows.append({"model": name, "logp_accuracy": report["dpo"]["logp_accuracy"],
                      "reward_accuracy": report["dpo"]["reward_accuracy"], "margin": report["dpo"]["margin"],
                      "chosen_logps": report["dpo"]["chosen_logps"],
+                     "logp_accuracy_own": own_report["dpo"]["logp_accuracy"] if own_report else None,
+                     "reward_accuracy_own": own_report["dpo"]["reward_accuracy"] if own_report else None,
                      "execution_accuracy": ex(policy.model)["execution_accuracy"], "status": policy.record.status})
     rows.insert(1, {"model": "SFT", "logp_accuracy": sft_pref.get("logp_accuracy"),
+                    "logp_accuracy_own": sft_own.get("logp_accuracy"),
                     "execution_accuracy": sft_ex["execution_accuracy"], "chosen_logps": sft_pref.get("chosen_logps")})
     _, reward_model, _ = train_reward_model(sft_model, tok, train_pairs, steps=dpo_steps, model_name=model, lr=3e-4,
                                             seed=seed)
     rm_acc = pairwise_accuracy(reward_model, tok, eval_pairs)
-    rows.append({"model": "reward model (SFT + scalar head)", "pairwise_accuracy": rm_acc})
+    rows.append({"model": "reward model (SFT + scalar head)", "pairwise_accuracy": rm_acc,
+                 "pairwise_accuracy_own": pairwise_accuracy(reward_model, tok, eval_own) if eval_own else None})
     bon = best_of_n(sft_model, tok, questions, n=best_of, seed=seed, greedy=sft_ex["predictions"],
                     max_new_tokens=max_new_tokens, scorer=lambda q, answers: score_answers(reward_model, tok, q, answers))
     for picker in ("runs", "reward", "oracle"):
         rows.append({"model": f"SFT, best-of-{best_of} ({picker})", "execution_accuracy": bon[picker]})
     return {"model": model, "rows": rows, "train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
             "ex_questions": len(questions), "seconds": time.perf_counter() - t0,
-            "pairs": pairs, "sampled_pairs": len(own),
+            "pairs": pairs, "sampled_pairs": len(own), "eval_sampled_pairs": len(eval_own),
             "settings": {"sft_steps": sft_steps, "dpo_steps": dpo_steps, "lr": lr, "beta": beta, "seed": seed,
                          "max_new_tokens": max_new_tokens, "pairs": pairs}}
 
@@ -116,13 +126,14 @@ def main() -> int:
               eval_questions=args.eval_questions, ex_questions=args.ex_questions, best_of=args.best_of,
               max_new_tokens=args.max_new_tokens, seed=args.seed, pairs=args.pairs,
               sampled_questions=args.sampled_questions, samples=args.samples)
-    keys = ["logp_accuracy", "reward_accuracy", "pairwise_accuracy", "execution_accuracy", "chosen_logps"]
+    keys = ["logp_accuracy", "reward_accuracy", "pairwise_accuracy", "logp_accuracy_own", "reward_accuracy_own",
+            "pairwise_accuracy_own", "execution_accuracy", "chosen_logps"]
     print(f"{out['model']}: {out['train_pairs']} train pairs ({out['pairs']}; {out['sampled_pairs']} sampled), "
-          f"{out['eval_pairs']} held-out pairs, "
+          f"{out['eval_pairs']} held-out rule pairs and {out['eval_sampled_pairs']} from its own samples (*_own), "
           f"EX on {out['ex_questions']} held-out questions; {out['settings']}")
-    print(f"{'model':42s} " + " ".join(f"{k:>18s}" for k in keys))
+    print(f"{'model':42s} " + " ".join(f"{k:>21s}" for k in keys))
     for row in out["rows"]:
-        print(f"{row['model'][:42]:42s} " + " ".join(f"{_fmt(row.get(k)):>18s}" for k in keys))
+        print(f"{row['model'][:42]:42s} " + " ".join(f"{_fmt(row.get(k)):>21s}" for k in keys))
     print(f"({out['seconds']:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
