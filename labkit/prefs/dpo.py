@@ -43,8 +43,7 @@ def sequence_logps(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """
     from labkit.train.step import answer_logits
 
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask"), "labels": batch["labels"]}
-    logits, targets, rows = answer_logits(model, inputs)
+    logits, targets, rows = answer_logits(model, batch)
     picked = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return torch.zeros(len(batch["input_ids"]), dtype=picked.dtype, device=picked.device).index_add(0, rows, picked)
 

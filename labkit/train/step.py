@@ -84,14 +84,20 @@ def answer_logits(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, t
     and wrappers without a head get the full logits, then the same positions. ``rows``: each
     position's row in the batch, to sum per sequence.
     """
-    next_tokens = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
-    rows, cols = (next_tokens != -100).nonzero(as_tuple=True)
+    rows, cols, targets = _answer_positions(batch)
     inputs = {"use_cache": False, **_model_inputs(batch)}
     try:
         decoder, head = _head_parts(model)
     except ValueError:
-        return model(**inputs).logits[rows, cols], next_tokens[rows, cols], rows
-    return head(decoder(**inputs).last_hidden_state[rows, cols]), next_tokens[rows, cols], rows
+        return model(**inputs).logits[rows, cols], targets, rows
+    return head(decoder(**inputs).last_hidden_state[rows, cols]), targets, rows
+
+
+def _answer_positions(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(rows, cols, targets)`` of the positions whose next token is an answer token, row by row."""
+    next_tokens = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
+    rows, cols = (next_tokens != -100).nonzero(as_tuple=True)
+    return rows, cols, next_tokens[rows, cols]
 
 
 def _chunk_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -115,10 +121,8 @@ def chunked_lm_loss(chunk: int) -> LossFn:
     def loss_fn(model: torch.nn.Module, batch: Batch, n_targets: int) -> torch.Tensor:
         decoder, head = _head_parts(model)
         inputs = _model_inputs(batch)
-        hidden = decoder(**inputs).last_hidden_state
-        next_tokens = F.pad(batch["labels"][:, 1:], (0, 1), value=-100).flatten()
-        where = (next_tokens != -100).nonzero().squeeze(1)
-        hidden, targets = hidden.flatten(0, 1).index_select(0, where), next_tokens.index_select(0, where)
+        rows, cols, targets = _answer_positions(batch)
+        hidden = decoder(**inputs).last_hidden_state[rows, cols]
         if len(targets) <= chunk:  # one chunk: recomputing it would lower no peak, only add work
             return _chunk_loss(head, hidden, targets) / max(n_targets, 1)
         pieces = [checkpoint(_chunk_loss, head, hidden[start:start + chunk], targets[start:start + chunk],
