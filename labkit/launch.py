@@ -15,6 +15,7 @@ import secrets
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -139,7 +140,7 @@ class LabServer:
 
 
 def bound_url(process: subprocess.Popen, token: str, timeout: float = 60) -> tuple[str, int]:
-    """Wait for the server's runtime file and return the ``(url, port)`` it bound."""
+    """Wait until the server serves and return the ``(url, port)`` it bound (read from its runtime file)."""
     path = runtime_dir() / f"jpserver-{process.pid}.json"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -151,7 +152,18 @@ def bound_url(process: subprocess.Popen, token: str, timeout: float = 60) -> tup
             time.sleep(0.1)
             continue
         port = int(info["port"])
-        return f"http://127.0.0.1:{port}/lab?token={token}", port
+        # Jupyter writes the runtime file before its event loop binds the port: wait until it accepts.
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise LaunchError(f"JupyterLab exited with status {process.returncode} before it served "
+                                  f"on port {port}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                time.sleep(0.1)
+                continue
+            return f"http://127.0.0.1:{port}/lab?token={token}", port
+        raise LaunchError(f"JupyterLab reported port {port} but did not accept connections within {timeout:.0f} s")
     raise LaunchError(f"JupyterLab did not report its address within {timeout:.0f} s ({path})")
 
 

@@ -61,6 +61,40 @@ def test_real_start_on_a_taken_port_prints_the_bound_url(tmp_path):
     assert server.process.returncode is not None
 
 
+def test_bound_url_waits_until_the_port_accepts_not_just_for_the_runtime_file(monkeypatch, tmp_path):
+    """Jupyter writes ``jpserver-<pid>.json`` before its event loop binds the port (the CI flake this fixes)."""
+    import json
+    import threading
+    import time
+
+    class Running:
+        pid, returncode = 4243, None
+
+        def poll(self):
+            return self.returncode
+
+    monkeypatch.setattr(launch, "runtime_dir", lambda: tmp_path)
+    with socket.socket() as server_socket:
+        server_socket.bind(("127.0.0.1", 0))  # bound, not yet listening: connections are refused
+        port = server_socket.getsockname()[1]
+        (tmp_path / "jpserver-4243.json").write_text(json.dumps({"port": port}))
+        timer = threading.Timer(0.5, server_socket.listen)
+        started = time.monotonic()
+        timer.start()
+        url, bound = launch.bound_url(Running(), "tok", timeout=10)
+        timer.join()
+        assert bound == port and url == f"http://127.0.0.1:{port}/lab?token=tok"
+        assert time.monotonic() - started >= 0.45
+
+        exited = Running()
+        exited.returncode = 1
+        with pytest.raises(LaunchError, match="exited with status 1"):
+            launch.bound_url(exited, "tok", timeout=10)
+    (tmp_path / "jpserver-4243.json").write_text(json.dumps({"port": port}))  # nobody will ever listen
+    with pytest.raises(LaunchError, match=f"reported port {port} but did not accept"):
+        launch.bound_url(Running(), "tok", timeout=0.5)
+
+
 def test_open_starts_a_browser_only_when_asked(monkeypatch, tmp_path):
     opened: list[str] = []
 
