@@ -89,3 +89,41 @@ def test_segment_attention_only_where_a_probe_shows_the_same_logits(tiny):
         assert model.config._attn_implementation == SEGMENT_ATTENTION
         raise RuntimeError("a failed step")
     assert model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+@pytest.mark.parametrize("warmup,steps", [(0, 1), (0, 10), (3, 10), (10, 10), (5, 3), (7, 200)])
+def test_schedules_match_transformers_get_scheduler(schedule, warmup, steps):
+    """labkit's hand-written schedules give transformers' learning rates at every step."""
+    from transformers import get_scheduler
+
+    from labkit.train.config import TrainConfig
+    from labkit.train.optim import build_schedule
+
+    name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[schedule]
+    rates = []
+    for make in (lambda opt: build_schedule(opt, TrainConfig(schedule=schedule, warmup_steps=warmup, steps=steps)),
+                 lambda opt: get_scheduler(name, opt, num_warmup_steps=min(warmup, steps), num_training_steps=steps)):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+        scheduler = make(optimizer)
+        seen = []
+        for _ in range(steps + 2):  # and past the end
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        rates.append(seen)
+    assert rates[0] == pytest.approx(rates[1], abs=1e-12)
+
+
+def test_a_full_finetune_run_imports_neither_peft_nor_bitsandbytes(tmp_path):
+    """Their import costs ~4 s at the start of every run; only LoRA/QLoRA/8-bit runs need them."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from labkit.train import TrainConfig, train; "
+            "r = train(TrainConfig(model='tiny', task='text2sql', method='full', steps=2, batch_size=2, "
+            "eval_examples=0), progress=False); assert r['status'] == 'ok', r; "
+            "print(sorted(m for m in ('peft', 'bitsandbytes') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
