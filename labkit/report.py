@@ -30,11 +30,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
-
-import nbformat
+from typing import TYPE_CHECKING, Any, Iterable
 
 from labkit.errors import LabkitError
+
+if TYPE_CHECKING:  # imported where used: nbformat's import costs ~2.5 s, paid by every `labkit` command
+    import nbformat
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -155,6 +156,8 @@ def notebook_parameters(notebook: str | Path | nbformat.NotebookNode) -> dict[st
     Reads the cell with :mod:`ast` (so ``STEPS: int | None = None`` keeps its annotation) and
     merges in what ``papermill.inspect_notebook`` finds (its help comments).
     """
+    import nbformat
+
     nb = notebook if isinstance(notebook, nbformat.NotebookNode) else _read(notebook)
     cell = _parameters_cell(nb)
     if cell is None:
@@ -282,6 +285,7 @@ def run_report(
     """
     import logging
 
+    import nbformat
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
@@ -404,6 +408,8 @@ def local_replacements(notebook_dir: str | Path | None = None) -> list[tuple[str
 
 def scrub_local(nb: nbformat.NotebookNode, notebook_dir: str | Path | None = None) -> None:
     """Replace local paths and environment values in every cell source and output, in place."""
+    import nbformat
+
     replacements = local_replacements(notebook_dir)
 
     def clean(value: Any) -> Any:
@@ -524,6 +530,8 @@ def _mark_inputs(nb: nbformat.NotebookNode, show_code: bool) -> None:
 
 def _add_header(nb: nbformat.NotebookNode, title: str | None, seconds: float | None) -> None:
     """A first cell saying what was run, with which parameters, and whether it finished."""
+    import nbformat
+
     meta = nb.metadata.get("papermill", {})
     params = meta.get("parameters") or {}
     failed = _failed_cell_index(nb)
@@ -547,6 +555,8 @@ def _add_header(nb: nbformat.NotebookNode, title: str | None, seconds: float | N
 
 def _read(path: str | Path) -> nbformat.NotebookNode:
     """The notebook at ``path``; :class:`ReportError` when the file is not a valid notebook."""
+    import nbformat
+
     try:
         nb = nbformat.read(str(path), as_version=4)
         nbformat.validate(nb)

@@ -174,3 +174,13 @@ def test_runtime_labkit_errors_exit_1(monkeypatch, capsys):
     monkeypatch.setattr(labkit.cli, "run_doctor", offline)
     assert main(["doctor"]) == 1
     assert capsys.readouterr().err.strip() == "labkit doctor: error: could not download x from PyPI"
+
+
+def test_building_the_cli_imports_no_notebook_or_adapter_stack():
+    """Every ``labkit`` command builds the whole parser: nbformat (~2.5 s, its JSON-schema grammar),
+    peft and bitsandbytes (~4 s) are imported only by the commands that use them."""
+    code = ("import sys; from labkit.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('nbformat', 'papermill', 'peft', 'bitsandbytes', 'trl') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
