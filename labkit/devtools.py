@@ -6,6 +6,10 @@ made in JupyterLab or in the text file lands in both::
     python -m labkit.devtools sync-labs           # jupytext --sync: the newer file of each pair wins
     python -m labkit.devtools sync-labs --check   # exit 1, naming each lab whose pair differs (CI)
     python -m labkit.devtools sync-labs --clear-outputs   # first drop outputs: labs are committed without
+
+and rebuild the ``tiny`` base that ships with labkit (after a change to its recipe)::
+
+    python -m labkit.devtools rebuild-tiny        # pretrain with the defaults on 2 threads (~2 min)
 """
 
 from __future__ import annotations
@@ -96,8 +100,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     sync.add_argument("--check", action="store_true", help="only compare; exit 1 if a pair differs")
     sync.add_argument("--labs", type=Path, default=LABS_DIR, help="folder of the labs (default: %(default)s)")
     sync.add_argument("--clear-outputs", action="store_true", help="drop the notebooks' outputs before syncing")
+    rebuild = sub.add_parser("rebuild-tiny", help="pretrain the shipped tiny base (labkit/models/tiny_base)")
+    rebuild.add_argument("--threads", type=int, default=2,
+                         help="torch threads (float order follows them; the shipped build used %(default)s)")
     args = parser.parse_args(argv)
+    if args.command == "rebuild-tiny":
+        return rebuild_tiny(args.threads)
     return sync_labs(args.labs, check=args.check, clear=args.clear_outputs)
+
+
+def rebuild_tiny(threads: int = 2) -> int:
+    """Pretrain ``tiny`` with the default recipe into the package's ``tiny_base`` folder."""
+    from labkit.models.tiny import SHIPPED_DIR, pretrain_tiny
+
+    record = pretrain_tiny(SHIPPED_DIR, num_threads=threads, progress=True)
+    print(f"{SHIPPED_DIR}: recipe {record['recipe']}, val loss {record['val_loss']:.4f}, "
+          f"induction score {record['induction_score']:.3f}, {record['seconds']:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ _share_the_cores_between_workers()
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Under xdist, the controller pretrains ``tiny`` (when LABKIT_HOME lacks it) with every core before
-    the workers start: in a worker it would run on one core while the other worker's tests wait for it.
-    A failed build is left to the tests that need tiny to report."""
+    """Under xdist, the controller makes the shared ``tiny`` (when LABKIT_HOME lacks it) before the
+    workers start: a copy of the shipped build, or with LABKIT_TINY_FROM_SCRATCH=1 a pretraining on
+    every core (in a worker it would run on one core while the other worker's tests wait for it).
+    A failure is left to the tests that need tiny to report."""
     config = session.config
     if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None) \
             or config.getoption("dist", "no") == "no":
@@ -38,7 +39,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         try:
             ensure_tiny(progress=False)
         except Exception as error:  # noqa: BLE001 - reported by the tests that load tiny
-            print(f"conftest: could not pretrain tiny before the workers started: {error}")
+            print(f"conftest: could not make tiny before the workers started: {error}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

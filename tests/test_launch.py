@@ -160,6 +160,10 @@ def test_the_wheel_ships_every_lab_notebook_and_an_install_finds_them(tmp_path):
     shipped = sorted(Path(n).name for n in names if re.match(r"labkit-[^/]+\.data/data/share/labkit/labs/", n))
     assert shipped == LABS
     assert not [n for n in names if "share/labkit/labs" in n and not n.endswith(".ipynb")]
+    from labkit.models.tiny import SHIPPED_DIR  # the default tiny ships too, every file of it
+
+    assert sorted(Path(n).name for n in names if n.startswith("labkit/models/tiny_base/")) \
+        == sorted(p.name for p in SHIPPED_DIR.iterdir() if p.is_file())
 
     # Into a fresh, empty virtual environment (pip --python): never into the one running the tests,
     # where pip would first uninstall the editable labkit.

@@ -162,6 +162,63 @@ def test_pretraining_is_deterministic_and_saves_a_loadable_model(tmp_path):
     assert plain["losses"] != a["losses"]
 
 
+def test_the_shipped_tiny_is_todays_recipe_at_the_default_settings():
+    """The build in labkit/models/tiny_base is what ``ensure_tiny`` would pretrain: rebuild it
+    (``python -m labkit.devtools rebuild-tiny``) when this fails after a recipe change."""
+    from labkit.models import tiny as T
+
+    assert T.shipped_tiny() == T.SHIPPED_DIR
+    record = json.loads((T.SHIPPED_DIR / T.RECORD_FILE).read_text())
+    assert (record["recipe"], record["seed"], record["steps"], record["batch_size"], record["seq_len"], record["lr"]) \
+        == (T.RECIPE, 0, T.DEFAULT_STEPS, T.DEFAULT_BATCH_SIZE, T.DEFAULT_SEQ_LEN, T.DEFAULT_LR)
+    assert record["copy_fraction"] == T.COPY_FRACTION and record["induction_circuit"]["induction_head"] == [1, 0]
+
+
+def test_the_shipped_tiny_starts_as_this_code_pretrains_it(tmp_path):
+    """Its first five pretraining losses come again from this code (same tokenizer, data, init and
+    batches): the shipped weights are this recipe's output, not an unrelated checkpoint."""
+    from labkit.models import tiny as T
+
+    shipped = json.loads((T.SHIPPED_DIR / T.RECORD_FILE).read_text())["losses"][:5]
+    seen: list[float] = []
+
+    class Enough(Exception):
+        pass
+
+    def stop_after_five(step: dict) -> None:
+        seen.append(step["loss"])
+        if len(seen) == 5:
+            raise Enough
+
+    with pytest.raises(Enough):
+        pretrain_tiny(tmp_path / "t", progress=False, callback=stop_after_five, sample_prompts=())
+    assert seen == pytest.approx(shipped, rel=1e-4)  # thread counts change float order, nothing else
+    assert not (tmp_path / "t").exists()
+
+
+def test_ensure_tiny_copies_the_shipped_build_and_can_pretrain_instead(tmp_path, monkeypatch):
+    from labkit.models import tiny as T
+
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path))
+    monkeypatch.delenv(T.FROM_SCRATCH_ENV, raising=False)
+    built: list[Path] = []
+    monkeypatch.setattr(T, "_build_locked", lambda target, **kw: built.append(target))
+    start = time.perf_counter()
+    folder = T.ensure_tiny(progress=False)
+    assert time.perf_counter() - start < 30 and built == []  # a copy, not a 2-minute build
+    assert folder == tmp_path / "models" / "tiny" and T.is_built(folder)
+    for shipped in T.SHIPPED_DIR.iterdir():
+        if shipped.is_file():
+            assert (folder / shipped.name).read_bytes() == shipped.read_bytes(), shipped.name
+    assert not list(folder.parent.glob(".tiny.building-*"))
+    assert load_model("tiny", device="cpu").config.hidden_size == 256
+
+    monkeypatch.setenv("LABKIT_HOME", str(tmp_path / "other"))
+    monkeypatch.setenv(T.FROM_SCRATCH_ENV, "1")
+    T.ensure_tiny(progress=False)
+    assert built == [tmp_path / "other" / "models" / "tiny"]
+
+
 def test_the_shared_tiny_was_really_pretrained(tiny):
     model, tok = tiny
     record = json.loads((Path(resolve_model("tiny")) / "pretraining.json").read_text())

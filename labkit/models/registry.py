@@ -39,7 +39,8 @@ BUILTIN_MODELS: dict[str, dict[str, Any]] = {
     "tiny": {
         "description": "labkit's own ~4M-parameter Llama (4 layers, GQA, tied embeddings, 4k BPE), "
         "pretrained on Shakespeare + Python docs in ~2 minutes on CPU",
-        "source": "pretrained locally by labkit.models.tiny.pretrain_tiny",
+        "source": "shipped with labkit (labkit.models.tiny.pretrain_tiny's default build); "
+        "LABKIT_TINY_FROM_SCRATCH=1 pretrains it locally",
     },
     "smollm2-135m": {
         "description": "SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0): 30 layers, GQA, ChatML",
@@ -52,7 +53,7 @@ _DIRS: dict[str, Callable[[], Path]] = {"tiny": tiny.default_tiny_dir, "smollm2-
 _IS_BUILT: dict[str, Callable[[Path], bool]] = {"tiny": tiny.is_built, "smollm2-135m": smollm2.is_converted}
 
 OFFLINE_CHOICES = (
-    "offline choices: 'tiny' (pretrained locally), 'smollm2-135m' (SmolLM2-135M-Instruct from PyPI), "
+    "offline choices: 'tiny' (labkit's own, shipped), 'smollm2-135m' (SmolLM2-135M-Instruct from PyPI), "
     "or the path of a local model folder"
 )
 _HUB_TIMEOUT_S = 3.0

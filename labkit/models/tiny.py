@@ -13,6 +13,13 @@ starts with an induction circuit written into its initial weights
 twice, so keeping the circuit pays. Without either, fine-tuned tiny writes the right query with
 an invented name (execution accuracy 0-0.05); with both it copies the name (0.22-0.30; see
 ``benchmarks/copy_probe.py --controls --finetune``).
+
+The default build ships with labkit (``tiny_base/``, 17 MB): ``ensure_tiny`` copies it into
+``LABKIT_HOME`` instead of spending two CPU minutes on it, and every machine then fine-tunes the
+same weights (a local build differs in float order with the thread count). It is this module's
+output, rebuilt with ``python -m labkit.devtools rebuild-tiny`` whenever ``RECIPE`` changes;
+``LABKIT_TINY_FROM_SCRATCH=1`` pretrains the shared tiny here instead, and lab 00 runs a fresh
+short pretraining either way.
 """
 
 from __future__ import annotations
@@ -55,6 +62,10 @@ GENERIC_FRACTION = 0.25  # share of training windows drawn from the generic (pyd
 COPY_FRACTION = 0.5
 ROPE_THETA = 500_000.0  # as Llama 3: slow-turning RoPE dimensions let a head compare tokens far apart
 RECORD_FILE = "pretraining.json"
+# The default build, made by this module's recipe (``python -m labkit.devtools rebuild-tiny``) and
+# shipped with labkit: every machine starts from the same weights, without a 2-minute pretraining.
+SHIPPED_DIR = Path(__file__).resolve().parent / "tiny_base"
+FROM_SCRATCH_ENV = "LABKIT_TINY_FROM_SCRATCH"  # "1": pretrain the shared tiny here instead of copying it
 # Bumped whenever the recipe changes what a default build is (tokenizer, init, data, defaults):
 # a shared build from an older recipe is rebuilt instead of silently reused.
 RECIPE = 2  # 2: space-apart tokenizer, planted induction circuit, repeated spans, lr 1e-3, RoPE 5e5
@@ -461,23 +472,52 @@ def pretrain_tiny(
         )
 
 
-def ensure_tiny(progress: bool = True) -> Path:
-    """The shared ``tiny`` folder, pretrained with the defaults on first use (once, under a lock)."""
+def shipped_tiny() -> Path | None:
+    """The default ``tiny`` shipped with labkit, if present and of today's recipe."""
+    return SHIPPED_DIR if is_built(SHIPPED_DIR) else None
+
+
+def _copy_locked(source: Path, target: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
+    tmp.chmod(0o755)
+    try:
+        for path in sorted(source.iterdir(), key=lambda p: p.name == RECORD_FILE):  # the record last
+            if path.is_file():
+                shutil.copyfile(path, tmp / path.name)
+        _swap_in(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ensure_tiny(progress: bool = True, from_scratch: bool | None = None) -> Path:
+    """The shared ``tiny`` folder (``LABKIT_HOME/models/tiny``), made once, under a lock.
+
+    It is a copy of the build shipped with labkit (the default recipe, pretrained once and the same
+    on every machine), or with ``from_scratch`` (default: the ``LABKIT_TINY_FROM_SCRATCH=1``
+    environment variable) pretrained here with the defaults: about 2 minutes on two CPU cores.
+    """
     target = default_tiny_dir()
     if is_built(target):
         return target
+    if from_scratch is None:
+        from_scratch = os.environ.get(FROM_SCRATCH_ENV, "").strip() not in ("", "0")
+    target.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(target.parent / f".{target.name}.lock"):
-        if not is_built(target):  # another process may have built it while we waited
-            _build_locked(
-                target,
-                steps=DEFAULT_STEPS,
-                batch_size=DEFAULT_BATCH_SIZE,
-                seq_len=DEFAULT_SEQ_LEN,
-                lr=DEFAULT_LR,
-                seed=0,
-                progress=progress,
-                callback=None,
-                eval_every=None,
-                num_threads=None,
-            )
+        if not is_built(target):  # another process may have made it while we waited
+            shipped = None if from_scratch else shipped_tiny()
+            if shipped is not None:
+                _copy_locked(shipped, target)
+            else:
+                _build_locked(
+                    target,
+                    steps=DEFAULT_STEPS,
+                    batch_size=DEFAULT_BATCH_SIZE,
+                    seq_len=DEFAULT_SEQ_LEN,
+                    lr=DEFAULT_LR,
+                    seed=0,
+                    progress=progress,
+                    callback=None,
+                    eval_every=None,
+                    num_threads=None,
+                )
     return target
