@@ -513,3 +513,18 @@ def test_cli_loop_option_moves_the_upper_bound() -> None:
     assert "chunked_lm_loss" in labkit["assumes"]["loss_path"]
     bad = _cli("estimate", "--model", "tiny", "--loop", "sometimes")
     assert bad.returncode == 2 and "--loop" in bad.stderr
+
+
+def test_cli_estimate_is_made_for_a_gpu_when_asked_from_a_cpu_machine() -> None:
+    """`labkit estimate ... --gpu-mem 24GB` on a laptop is a question about a GPU: without --device the
+    verdict must include the GPU's allocator slack and context. Made for the CPU, llama-3.1-8b QLoRA at
+    unsloth's measured 24 GB limit (5,789 tokens) would be called "fits" with room to spare."""
+    args = ("estimate", "--model", "llama-3.1-8b", "--method", "qlora", "--rank", "32", "--targets", "all-linear",
+            "--compute-dtype", "bf16", "--precision", "amp-bf16", "--optimizer", "adamw8bit", "--checkpointing",
+            "--seq", "5789", "--gpu-mem", "24GB", "--json")
+    default = json.loads(_cli(*args).stdout)
+    cuda = json.loads(_cli(*args, "--device", "cuda").stdout)
+    cpu = json.loads(_cli(*args, "--device", "cpu").stdout)
+    assert default["upper"] == cuda["upper"] and default["fits"] is cuda["fits"] is False
+    assert default["upper"]["terms"]["cuda_context"] > 0 and default["upper"]["terms"]["allocator_slack"] > 0
+    assert cpu["fits"] is True  # what the old default (this machine's device) answered here
