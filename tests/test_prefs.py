@@ -164,7 +164,9 @@ def test_best_of_n_pickers(records, sft_tiny):
 
     model, tok = sft_tiny
     examples = records["eval"][:3]
+    before = torch.random.get_rng_state()
     assert sample_answers(model, tok, examples[0], 2, seed=1) == sample_answers(model, tok, examples[0], 2, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's random stream is left alone
     with pytest.raises(ValueError, match="n: must be an integer >= 1"):
         sample_answers(model, tok, examples[0], 0)
     result = best_of_n(model, tok, examples, n=3, greedy=["SELECT Name FROM Nowhere"] * 3)  # fails to run

@@ -35,8 +35,11 @@ def sample_answers(model: Any, tokenizer: Any, example: dict[str, Any], n: int, 
     config = GenerationConfig(max_new_tokens=int(max_new_tokens), do_sample=True, temperature=float(temperature),
                               top_k=0, num_return_sequences=n, eos_token_id=stop_token_ids(tokenizer) or None,
                               pad_token_id=pad_token_id(tokenizer), use_cache=True)
-    torch.manual_seed(seed)
-    with model_mode(model, False), torch.inference_mode():
+    # Seeded for reproducible samples, in a forked RNG: sampling must not reset the caller's random
+    # stream (a later training run or shuffle would otherwise replay the same numbers).
+    cuda = [ids.device.index or 0] if ids.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), model_mode(model, False), torch.inference_mode():
+        torch.manual_seed(seed)
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config)
     stops = set(stop_token_ids(tokenizer))
     return [_cut(tokenizer, row[ids.shape[1]:].tolist(), stops) for row in out]
