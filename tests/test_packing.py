@@ -129,4 +129,5 @@ def test_a_run_records_what_auto_became(tiny):
     off = train(TrainConfig(**short, packing=False, loss_chunk=0), progress=False)
     assert (auto.packed, auto.loss_chunk) == (True, 1024) and (off.packed, off.loss_chunk) == (False, 0)
     assert RunRecord.from_dict(auto.to_dict()).packed is True
+    assert (auto.unpadded, off.unpadded) == (True, False)  # one CPU process, a probed model: unpadded
     assert abs(auto.losses[0] - off.losses[0]) < 1e-4  # the same first step, padded or packed

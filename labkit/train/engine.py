@@ -178,6 +178,7 @@ class _Run:
         # One process on the CPU (measured there), on a model where a probe shows the same logits.
         self.unpadded = (path.packing and self.batches is None and not dist.enabled and self.device.type == "cpu"
                          and segment_attention_is_exact(self.model))
+        record.unpadded = self.unpadded
         record.loss_chunk = path.loss_chunk if self.given_loss_fn is None else None
         self.loss_fn = self.given_loss_fn or (chunked_lm_loss(path.loss_chunk) if path.loss_chunk else model_loss)
         self.wrapped = dist.wrap(self.model, config.parallel)  # before the optimizer: FSDP swaps in shards

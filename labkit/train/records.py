@@ -127,6 +127,7 @@ class RunRecord(_FieldMapping):
     traceback: str | None = None
     world_size: int | None = None  # under torchrun
     packed: bool | None = None  # whether the batches were packed (what packing=auto became)
+    unpadded: bool | None = None  # packed rows run as one row of real tokens, attended example by example
     loss_chunk: int | None = None  # the loss head's chunk, 0: full logits (what loss_chunk=auto became)
     extras: dict[str, Any] = field(default_factory=dict)  # keys callers add (e.g. a sweep's "sweep")
 
