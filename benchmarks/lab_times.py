@@ -7,8 +7,8 @@
 Each lab runs as ``labkit report`` runs it (papermill, a fresh kernel, exported to HTML), in a
 temporary folder; the cell times are papermill's own (``metadata.papermill.duration``). CI's
 figures come from ``tests/test_labs.py`` (same runner, printed as "lab smoke seconds"); this script
-is for finding where a lab spends its time. Use a warm ``LABKIT_HOME``: the first lab that needs
-``tiny`` otherwise pretrains it (about 2 minutes).
+is for finding where a lab spends its time. Runs are never reused (``REUSE_RUNS=False``); a cold
+``LABKIT_HOME`` adds the shipped ``tiny``'s copy and the PyPI data's unpacking to the first lab.
 """
 
 from __future__ import annotations
