@@ -9,6 +9,7 @@ asserts the lab's key results, collected from the cells' ``labkit.notebook.recor
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 import time
@@ -223,6 +224,9 @@ def test_lab_smoke(lab, tmp_path):
     assert result.ok, f"{lab.name} failed at cell {result.failed_cell}: {result.error} (report: {result.html})"
     page = result.html.read_text(encoding="utf-8")
     assert page.count("Plotly.newPlot(") >= 1, f"{lab.name}: no figure in the report"
+    remote = [src for src in re.findall(r"<(?:script[^>]*\bsrc|link[^>]*\bhref)=[\"']([^\"']+)", page)
+              if src.startswith(("http:", "https:", "//"))]
+    assert not remote, f"{lab.name}: the report fetches {remote} when opened (plotly.js must be inlined)"
     assert result.notebook.stat().st_size < 2_000_000, f"{lab.name}: executed notebook is too large"
     results = read_results(result.notebook)
     failed = []

@@ -131,7 +131,8 @@ class RunRecord(_FieldMapping):
     loss_chunk: int | None = None  # the loss head's chunk, 0: full logits (what loss_chunk=auto became)
     extras: dict[str, Any] = field(default_factory=dict)  # keys callers add (e.g. a sweep's "sweep")
 
-    _optional = ("reserved_memory_bytes", "failed_step", "error", "traceback", "world_size", "packed", "loss_chunk")
+    _optional = ("reserved_memory_bytes", "failed_step", "error", "traceback", "world_size", "packed", "unpadded",
+                 "loss_chunk")
 
     @property
     def ok(self) -> bool:
