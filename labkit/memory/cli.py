@@ -86,19 +86,20 @@ def _int(option: str, text: Any) -> int:
         raise SetupError(option, "an integer", text) from None
 
 
-def setup_from_args(args: argparse.Namespace, default_device: str | None = None) -> MemorySetup:
+def setup_from_args(args: argparse.Namespace, *, on_this_machine: bool = True) -> MemorySetup:
     """Build and validate the setup; raises SetupError naming the option. ``--device`` left out means
-    ``default_device``, or this machine's device when that is None too."""
+    this machine's device for real steps (``on_this_machine``), else MemorySetup's own default (cuda)."""
     import torch
 
-    device = args.device or default_device or ("cuda" if torch.cuda.is_available() else "cpu")
     kw: dict[str, Any] = dict(
         method=args.method, rank=_int("rank", args.rank), quant_type=args.quant_type,
         double_quant=not args.no_double_quant, compute_dtype=args.compute_dtype, precision=args.precision,
         optimizer=args.optimizer, batch=_int("batch", args.batch), seq=_int("seq", args.seq),
         grad_accum=_int("grad_accum", args.grad_accum), checkpointing=bool(args.checkpointing),
         attn=args.attn, gpus=_int("gpus", args.gpus), zero=_int("zero", args.zero), mode=args.mode,
-        gen_len=_int("gen_len", args.gen_len), device=device)
+        gen_len=_int("gen_len", args.gen_len))
+    if args.device or on_this_machine:
+        kw["device"] = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.targets:
         kw["targets"] = args.targets
     return MemorySetup(**kw)
@@ -152,10 +153,10 @@ def run_estimate(args: argparse.Namespace) -> int:
 
     try:
         # An estimate answers "will it fit on my GPU?", also when asked from a laptop: without --device
-        # it is made for CUDA (allocator slack, context), or the CPU's cheaper bound would say "fits"
-        # where the GPU runs out (llama-3.1-8b QLoRA at 5,789 tokens: upper bound 22.8 GiB on cpu, 29.9
-        # on cuda). Calibration runs real steps, so it stays on this machine.
-        setup = setup_from_args(args, default_device=None if getattr(args, "calibrate", False) else "cuda")
+        # it is made for CUDA (MemorySetup's default, as in the panel), or the CPU's cheaper bound would
+        # say "fits" where the GPU runs out (llama-3.1-8b QLoRA at 5,789 tokens: upper bound 22.8 GiB on
+        # cpu, 29.9 on cuda). Calibration runs real steps, so it stays on this machine.
+        setup = setup_from_args(args, on_this_machine=getattr(args, "calibrate", False))
         gpu_mem = parse_size(args.gpu_mem) if args.gpu_mem else None
         method = getattr(args, "activations", "formula")
         if method not in ("formula", "trace"):
