@@ -9,7 +9,6 @@ asserts the lab's key results, collected from the cells' ``labkit.notebook.recor
 from __future__ import annotations
 
 import math
-import re
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ import pytest
 from labkit.devtools import clear_outputs
 from labkit.notebook import read_results
 from labkit.report import notebook_parameters, run_report
+
+from html_checks import remote_resources
 
 ROOT = Path(__file__).resolve().parents[1]
 LABS = sorted((ROOT / "labs").glob("[0-9][0-9]_*.ipynb"))
@@ -224,8 +225,7 @@ def test_lab_smoke(lab, tmp_path):
     assert result.ok, f"{lab.name} failed at cell {result.failed_cell}: {result.error} (report: {result.html})"
     page = result.html.read_text(encoding="utf-8")
     assert page.count("Plotly.newPlot(") >= 1, f"{lab.name}: no figure in the report"
-    remote = [src for src in re.findall(r"<(?:script[^>]*\bsrc|link[^>]*\bhref)=[\"']([^\"']+)", page)
-              if src.startswith(("http:", "https:", "//"))]
+    remote = remote_resources(page)
     assert not remote, f"{lab.name}: the report fetches {remote} when opened (plotly.js must be inlined)"
     assert result.notebook.stat().st_size < 2_000_000, f"{lab.name}: executed notebook is too large"
     results = read_results(result.notebook)

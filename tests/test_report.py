@@ -13,6 +13,8 @@ import pytest
 from labkit import report
 from labkit.report import ParameterError, export_html, parse_value, run_report, validate_parameters
 
+from html_checks import remote_resources, script_srcs
+
 PLOTLY_SIGNATURE = re.compile(r"\* plotly\.js v\d+\.\d+\.\d+")
 SECRET_CODE = "go.Bar(y=[3, 1, 2], name='hidden-code-marker')"
 
@@ -82,10 +84,6 @@ def _text(page: str) -> str:
     return html.unescape(re.sub(r"<[^>]+>", "", page))
 
 
-def _script_srcs(page: str) -> list[str]:
-    return re.findall(r"<script\b[^>]*\bsrc\s*=\s*[\"']([^\"']+)", page, flags=re.I)
-
-
 def test_report_runs_with_parameters(good_report):
     assert good_report.ok, good_report.error
     nb = nbformat.read(good_report.notebook, as_version=4)
@@ -98,9 +96,8 @@ def test_html_is_offline_with_plotly_once(good_report):
     page = good_report.html.read_text(encoding="utf-8")
     assert len(PLOTLY_SIGNATURE.findall(page)) == 1, "plotly.js must be inlined exactly once"
     assert page.count("Plotly.newPlot(") >= 3  # panel's static figure + two plain figures
-    srcs = _script_srcs(page)
-    assert not [s for s in srcs if s.startswith(("http:", "https:", "//"))], srcs
-    assert "cdn.plot.ly" not in " ".join(srcs)
+    assert not remote_resources(page), remote_resources(page)
+    assert "cdn.plot.ly" not in " ".join(script_srcs(page))
     assert "require.min.js" not in page and "mathjax/2.7" not in page.lower()
     assert "application/vnd.jupyter.widget-state+json" not in page
 
