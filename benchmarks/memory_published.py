@@ -9,8 +9,8 @@ what the figure is (``reserved``: ``torch.cuda.max_memory_reserved``; ``active``
 ``active_bytes.all.peak``, i.e. the allocated peak; ``limit``: the longest sequence that fit a card of
 that size, read as "peak = card size at that length"), and the setup as the source states it. Where a
 source leaves a setting unstated the row says what is assumed. labkit's point estimate is compared as
-*reserved* (allocated peak + allocator slack, no CUDA context) on reserved and limit rows, and as its
-allocated peak on active rows; the upper bound (what ``fits`` is decided from) is shown beside it. accelerate's and
+*reserved* (allocated peak + allocator slack, no CUDA context) on reserved rows, as everything the card
+must hold (+ the CUDA context) on limit rows, and as its allocated peak on active rows; the upper bound (what ``fits`` is decided from) is shown beside it. accelerate's and
 DeepSpeed's estimates (re-implemented in ``labkit/memory/anchors.py``) are given on the same rows.
 
 Prints one row per setup, the median |error|, the worst under-estimate, whether every measurement
@@ -54,6 +54,8 @@ class Row:
     source: str
     notes: str = ""
     keeps_logits: bool | None = None  # does the source's loop hold the model output through backward?
+    kv_repeat: bool | None = None  # does the source's attention save GQA K/V repeated to every query head?
+    seq_is_max: bool = False  # the source caps the length; its peak batch may have been shorter
     long_context: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
     loss_path: str = "transformers>=4.49"  # the transformers loss the source's run took (estimate.LOSS_PATHS)
@@ -63,12 +65,15 @@ def _peft(name: str, measured_bytes: int, notes: str, **setup: Any) -> Row:
     repo, path, commit = PEFT
     base = dict(precision="bf16", optimizer="adamw", batch=4, seq=768, checkpointing=False, attn="sdpa")
     return Row(f"peft/{name}", "llama-3.2-3b", {**base, **setup}, measured_bytes / GiB, "reserved",
-               f"{repo} {path.format(name)} @ {commit}", notes, keeps_logits=True)
+               f"{repo} {path.format(name)} @ {commit}", notes, keeps_logits=True, kv_repeat=True,
+               seq_is_max=True)
 
 
 PEFT_NOTE = ("L40S, torch 2.13.0+cu130, transformers 5.13.1, peft 0.19.2.dev0; accelerator_memory_max = "
              "max_memory_reserved over the run − reserved at start; batches padded to their longest sample, "
-             "truncated at 768 tokens: the peak batch is at most 4×768 (the estimate is made at 768)")
+             "truncated at 768 tokens: the peak batch is at most 4×768 (the estimate is made at 768); run.py "
+             "calls model(**batch) with the padded batch's attention_mask, so transformers' SDPA path repeats "
+             "K/V to all 24 heads (use_gqa_in_sdpa needs mask-free attention on CUDA)")
 
 
 def _unsloth(gib: int, seq: int) -> Row:
@@ -80,8 +85,9 @@ def _unsloth(gib: int, seq: int) -> Row:
                "Llama 3.1 8B Instruct, 4-bit QLoRA all linear r=32, batch 1, padded to the length; "
                "assumed (not stated): bf16 autocast, 8-bit AdamW, gradient checkpointing, card size in GiB; "
                "the column is exactly linear (404.75 tokens/GB): a line through their measurements; the table "
-               "appeared with Llama 3.3 (Dec 2024), when transformers 4.46-4.47 was current: its loss path",
-               long_context=True, loss_path="transformers-4.46")
+               "appeared with Llama 3.3 (Dec 2024), when transformers 4.46-4.47 was current: its loss path; "
+               "FA2 keeps K/V at the 8 key/value heads",
+               long_context=True, loss_path="transformers-4.46", kv_repeat=False)
 
 
 ROWS: list[Row] = [
@@ -101,7 +107,8 @@ ROWS: list[Row] = [
              optimizer="adamw8bit", batch=1, seq=6916, checkpointing=True, attn="sdpa"),
         80.0, "limit", f"{UNSLOTH[0]} {UNSLOTH[1]} @ {UNSLOTH[2]}",
         "Llama 3.3 70B Instruct (the 3.1-70B architecture) on an 80GB A100, 4-bit QLoRA all linear r=32, "
-        "batch 1; same assumptions as the 8B rows", long_context=True, loss_path="transformers-4.46"),
+        "batch 1; same assumptions as the 8B rows", long_context=True, loss_path="transformers-4.46",
+        kv_repeat=False),
     # torchtune's optimization-flags table: every later row turns on torch.compile, chunked cross-entropy,
     # checkpointing or activation offloading (not modelled here), so only the packed baseline is used.
     Row("torchtune/llama-3.2-3b-packed", "llama-3.2-3b",
@@ -112,8 +119,8 @@ ROWS: list[Row] = [
         "states), A100; 'Peak Memory Active (GiB)' = active_bytes.all.peak. Baseline flags as the table's later "
         "rows imply: torch AdamW, no optimizer-in-backward, no checkpointing, torch cross-entropy, no compile. "
         "torchtune's own Llama modules, not transformers': its attention expands GQA K/V to all 24 heads "
-        "before flex attention (about +1.75 GiB saved here that the HF walk, with K/V at 8 heads, does not count)",
-        keeps_logits=False, long_context=True),
+        "before flex attention (+1.75 GiB saved here beside K/V at 8 heads: kv_repeat)",
+        keeps_logits=False, kv_repeat=True, long_context=True),
 ]
 
 
@@ -124,11 +131,12 @@ def evaluate(row: Row) -> dict[str, Any]:
     from labkit.memory.setup import MemorySetup
 
     setup = MemorySetup(device="cuda", **row.setup)
-    r = estimate(row.model, setup, keeps_logits=row.keeps_logits, loss_path=row.loss_path)
+    r = estimate(row.model, setup, keeps_logits=row.keeps_logits, loss_path=row.loss_path, kv_repeat=row.kv_repeat)
     upper = r.info["upper"]
-    allocated = row.kind == "active"  # compare like with like: allocated peak, or reserved
-    est = (r.peak if allocated else r.info["reserved"]) / GiB
-    up = (upper["peak"] if allocated else upper["reserved"]) / GiB
+    # like for like: the allocated peak (active), reserved (reserved), or everything the card holds (limit:
+    # the CUDA context too, as the replay's smallest card is compared)
+    est = {"active": r.peak, "reserved": r.info["reserved"], "limit": r.total}[row.kind] / GiB
+    up = {"active": upper["peak"], "reserved": upper["reserved"], "limit": upper["total"]}[row.kind] / GiB
     acc = accelerate_estimate(row.model, setup)["training_adam"] / GiB
     ds = deepspeed_estimate(row.model, setup)["chosen"] / GiB
     m = row.measured
@@ -139,6 +147,27 @@ def evaluate(row: Row) -> dict[str, Any]:
             "deepspeed": ds, "deepspeed_error": (ds - m) / m * 100}
 
 
+def matching_length(row: Row, lo: int = 64) -> int:
+    """The sequence length at which labkit's point estimate equals the measurement (bisection, as the row's
+    kind of figure). For a row whose length is only a cap (``seq_is_max``) this is a diagnostic, not a fit:
+    rows that agree on one length say the estimate's shape is right and only the peak length is unknown."""
+    from labkit.memory.estimate import estimate
+    from labkit.memory.setup import MemorySetup
+
+    def value(seq: int) -> float:
+        r = estimate(row.model, MemorySetup(device="cuda", **{**row.setup, "seq": seq}),
+                     keeps_logits=row.keeps_logits, loss_path=row.loss_path, kv_repeat=row.kv_repeat)
+        return {"active": r.peak, "reserved": r.info["reserved"], "limit": r.total}[row.kind] / GiB
+
+    hi = 2 * row.setup["seq"]
+    while value(hi) < row.measured:
+        hi *= 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if value(mid) < row.measured else (lo, mid)
+    return hi
+
+
 def replay(row: Row) -> dict[str, Any]:
     """The allocator replay of ``row``, as the row's kind of figure (GiB) and its error."""
     from labkit.memory.estimate import CUDA_CONTEXT
@@ -146,7 +175,7 @@ def replay(row: Row) -> dict[str, Any]:
     from labkit.memory.setup import MemorySetup
 
     sim = simulate(row.model, MemorySetup(device="cuda", **row.setup), loss_path=row.loss_path,
-                   keeps_logits=bool(row.keeps_logits))
+                   keeps_logits=bool(row.keeps_logits), kv_repeat=bool(row.kv_repeat))
     value = {"reserved": sim["reserved"], "active": sim["allocated"],
              "limit": sim["needs"] + CUDA_CONTEXT}[row.kind] / GiB
     return {"replay": value, "replay_error": (value - row.measured) / row.measured * 100,
@@ -230,6 +259,12 @@ def main() -> int:
               f"{r['median_abs']:.1f} %, worst under-estimate {r['worst_under']:+.1f} %, long-context rows max "
               f"|error| {r['long_max_abs']:.1f} %")
     print(f"  labkit upper bound (what 'fits' uses) covers {s['under_upper']}/{s['rows']} measurements")
+    capped = [x["row"] for x in results if x["row"].seq_is_max]
+    if capped:
+        print("  rows whose length is only a cap: the length at which labkit's point estimate equals the "
+              "measurement")
+        for r in capped:
+            print(f"    {r.key[:46]:46s} {matching_length(r):5d} tokens (cap {r.setup['seq']})")
     print(f"  accelerate 'Training using Adam': median |error| {s['accelerate_median_abs']:.0f} %; "
           f"DeepSpeed model states: median |error| {s['deepspeed_median_abs']:.0f} %")
     return 0

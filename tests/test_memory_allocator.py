@@ -102,6 +102,23 @@ def test_step_replay_allocated_peak_matches_the_estimate() -> None:
             assert sim["allocated"] <= sim["needs"] <= sim["reserved"]
 
 
+def test_step_replay_with_repeated_kv_adds_what_the_estimate_adds() -> None:
+    """With ``kv_repeat`` the replay runs transformers' masked SDPA route (``repeat_kv`` before the kernel):
+    its allocated peak grows by exactly the bytes the estimate's ``kv_repeat=True`` adds."""
+    from labkit.memory.estimate import estimate
+    from labkit.memory.reserved import simulate
+    from labkit.memory.setup import MemorySetup
+    from labkit.memory.toy import toy_config
+
+    cfg = toy_config("llama", vocab_size=8192)
+    setup = MemorySetup(device="cuda", method="lora", precision="bf16", batch=2, seq=64, targets="all-linear")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        grouped, repeated = simulate(cfg, setup), simulate(cfg, setup, kv_repeat=True)
+    added = estimate(cfg, setup, keeps_logits=False, kv_repeat=True).peak - estimate(cfg, setup, keeps_logits=False).peak
+    assert added > 0 and repeated["allocated"] - grouped["allocated"] == added
+
+
 def test_cli_replay_and_loss_path() -> None:
     """``labkit estimate --replay`` adds the replay's figures (JSON and text); ``--loss-path`` is checked."""
     import json

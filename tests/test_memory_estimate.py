@@ -455,6 +455,31 @@ def test_upper_bound_names_its_terms_and_is_never_below_the_point() -> None:
         estimate("llama-3.1-8b", setup, keeps_logits="yes")  # type: ignore[arg-type]
 
 
+def test_kv_repeat_known_moves_the_term_from_the_bound_into_the_point() -> None:
+    """``kv_repeat=True`` (transformers' SDPA with a padding mask, torchtune): the repeated K/V are saved in
+    the point estimate and no longer an uncertain term; ``False`` (flash-attention, mask-free SDPA): neither."""
+    setup = MemorySetup(method="lora", rank=32, targets="q_proj,v_proj", precision="bf16", batch=4, seq=768)
+    a = arch_info("llama-3.2-3b")
+    unknown = estimate("llama-3.2-3b", setup, keeps_logits=True)
+    known = estimate("llama-3.2-3b", setup, keeps_logits=True, kv_repeat=True)
+    never = estimate("llama-3.2-3b", setup, keeps_logits=True, kv_repeat=False)
+    repeat = a.layers * 4 * 768 * 2 * (a.heads - a.kv_heads) * a.head_dim * 2  # 28 layers, 8 -> 24 heads, bf16
+    assert unknown.info["upper"]["terms"]["kv_repeat"] == repeat
+    assert known.bytes["activations"] - unknown.bytes["activations"] == repeat
+    assert known.peak - unknown.peak == repeat
+    assert "kv_repeat" not in known.info["upper"]["terms"] and "kv_repeat" not in never.info["upper"]["terms"]
+    assert known.info["upper"]["peak"] == unknown.info["upper"]["peak"]  # the bound already held it
+    assert never.peak == unknown.peak and never.info["upper"]["peak"] == unknown.info["upper"]["peak"] - repeat
+    assert known.info["assumes"]["kv_repeat"] is True and unknown.info["assumes"]["kv_repeat"] is None
+    for bad in ("yes", 1):
+        with pytest.raises(ValueError, match="kv_repeat"):
+            estimate("llama-3.2-3b", setup, kv_repeat=bad)  # type: ignore[arg-type]
+    text = _cli("estimate", "--model", "llama-3.2-3b", "--batch", "4", "--seq", "768", "--kv-repeat", "yes")
+    assert text.returncode == 0 and "repeated to every head" in text.stdout, text.stderr
+    bad = _cli("estimate", "--model", "llama-3.2-3b", "--kv-repeat", "maybe")
+    assert bad.returncode == 2 and "--kv-repeat" in bad.stderr and "unknown|yes|no" in bad.stderr
+
+
 def test_calibration_fits_the_residual_and_extrapolates(monkeypatch: pytest.MonkeyPatch) -> None:
     """A machine that adds 1 MiB + 300 B per token beyond the estimate: two short runs find exactly that."""
     import importlib

@@ -3,7 +3,7 @@
 No GPU needed: the rows are published figures; the estimate is pure. What is asserted is what a
 user relies on: every row names its source and what kind of figure it is, the upper bound that
 ``fits`` is decided from lies above every published measurement, and the rows the estimate models
-fully (PEFT's MetaMathQA runs) stay within 5 %.
+fully (PEFT's MetaMathQA runs) are not under-estimated and agree on one peak length.
 """
 
 from __future__ import annotations
@@ -56,11 +56,19 @@ def test_upper_bound_covers_every_published_measurement(results) -> None:
         assert x["row"].measured <= bound, (x["row"].key, x["row"].measured, bound)
 
 
-def test_peft_rows_within_five_percent(results) -> None:
+def test_peft_rows_are_not_under_and_agree_on_one_peak_length(bench, results) -> None:
+    """PEFT's batches are padded to their longest sample, at most 768 tokens, and its peak length is not
+    published. At the cap no row is under-estimated (the unsafe side); and the four LoRA rows (ranks 10-64,
+    attention or MLP targets) match their measurements at one length within 3 % — a rank or target the
+    estimate got wrong by ~0.4 GiB would stand out — no longer than the cap."""
     peft = [x for x in results if x["row"].key.startswith("peft/")]
     assert len(peft) >= 4
     for x in peft:
-        assert abs(x["error"]) <= 5.0, (x["row"].key, x["error"])
+        assert x["error"] >= -3.0, (x["row"].key, x["error"])
+    lengths = [bench.matching_length(x["row"]) for x in peft if x["row"].setup["method"] == "lora"]
+    mid = sorted(lengths)[len(lengths) // 2]
+    assert len(lengths) >= 4 and all(abs(n - mid) <= 0.03 * mid for n in lengths), lengths
+    assert max(lengths) <= 768
 
 
 def test_summary_and_markdown(bench, results) -> None:

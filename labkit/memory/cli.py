@@ -56,6 +56,10 @@ def add_estimate_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="unknown|drops-output|keeps-output|labkit: does the training loop hold the model output "
                         "through backward (out = model(...), then backward on out.loss)? Trainer drops it; labkit: "
                         "labkit's engine by default (no full logits: the answer-only loss head, 1024 rows a chunk)")
+    p.add_argument("--kv-repeat", default="unknown",
+                   help="unknown|yes|no: does attention save GQA's K/V repeated to every query head? yes: "
+                        "transformers' SDPA with an attention mask (padded batches, packing), torchtune; no: "
+                        "flash-attention 2, SDPA without a mask (unknown: the upper bound carries it)")
     p.add_argument("--calibrate", action="store_true",
                    help="run real steps at 1/8 and 1/4 of --seq on this machine, fit the residual, show both")
     p.add_argument("--replay", action="store_true",
@@ -126,7 +130,9 @@ def _print(result: Any, args: argparse.Namespace, gpu_mem: int | None) -> None:
     if isinstance(assumes, dict):
         loop = {None: "unknown (point: dropped; upper: kept in fp32)", True: "keeps its output",
                 False: "drops its output"}[assumes.get("keeps_logits")]
-        print(f"  assumes: {assumes['loss_path'].split(':')[0]}; training loop {loop}")
+        kv = {None: "unknown (point: at the key/value heads; upper: repeated)", True: "repeated to every head",
+              False: "at the key/value heads"}[assumes.get("kv_repeat")]
+        print(f"  assumes: {assumes['loss_path'].split(':')[0]}; training loop {loop}; GQA K/V saved {kv}")
     if isinstance(upper, dict):
         terms = ", ".join(f"{k} +{fmt_bytes(v)}" for k, v in upper["terms"].items() if v > 0) or "none"
         print(f"  upper bound  {fmt_bytes(upper['total']):>12s}  (point {fmt_bytes(data['peak'] + data['bytes']['overhead'])}"
@@ -171,15 +177,20 @@ def run_estimate(args: argparse.Namespace) -> int:
 
         if loss_path is not None and loss_path not in LOSS_PATHS:
             raise SetupError("loss-path", "|".join(LOSS_PATHS), loss_path)
+        repeats = {"unknown": None, "yes": True, "no": False}
+        kv = getattr(args, "kv_repeat", "unknown")
+        if kv not in repeats:
+            raise SetupError("kv-repeat", "|".join(repeats), kv)
         result = estimate(args.model, setup, activations=method, keeps_logits=loops[loop], loss_chunk=chunk,
-                          loss_path=loss_path)
+                          loss_path=loss_path, kv_repeat=repeats[kv])
         if getattr(args, "replay", False):
             if chunk:
                 raise SetupError("replay", "a transformers loss (not with --loop labkit)", "--loop labkit")
             from labkit.memory.estimate import CUDA_CONTEXT
             from labkit.memory.reserved import simulate
 
-            sim = simulate(args.model, setup, loss_path=loss_path, keeps_logits=bool(loops[loop]))
+            sim = simulate(args.model, setup, loss_path=loss_path, keeps_logits=bool(loops[loop]),
+                           kv_repeat=bool(repeats[kv]))
             result.info["replay"] = {**sim, "card": sim["needs"] + CUDA_CONTEXT}
     except (SetupError, ArchError, ValueError) as exc:
         return _fail(str(exc))

@@ -198,7 +198,8 @@ def activation_bytes(arch: ArchInfo, setup: MemorySetup, method: str = "formula"
 
 
 def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
-             keeps_logits: bool | None = None, loss_chunk: int = 0, loss_path: str | None = None) -> Breakdown:
+             keeps_logits: bool | None = None, loss_chunk: int = 0, loss_path: str | None = None,
+             kv_repeat: bool | None = None) -> Breakdown:
     """Estimate every component for ``setup`` (per device) and the peak over the step's moments.
 
     ``keeps_logits``: whether the training loop holds the model output through backward
@@ -210,12 +211,17 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
     so the logits term is the hidden states kept for the head, and one chunk's logits are the transient.
     ``loss_path``: which transformers loss the step runs (a key of ``LOSS_PATHS``; None: the installed
     version's) — older versions copy the logits once more in the forward.
+    ``kv_repeat``: whether attention saves GQA's K/V repeated to all query heads — True for transformers'
+    SDPA path with an attention mask (padded batches, packing) and for torchtune; False for
+    flash-attention and mask-free SDPA (``enable_gqa``); None for "unknown": the point estimate keeps
+    K/V at the key/value heads and the upper bound carries the repeat.
     """
     path = installed_loss_path() if loss_path is None else loss_path
     if path not in LOSS_PATHS:
         raise ValueError(f"loss_path: one of {', '.join(LOSS_PATHS)}; got {loss_path!r}")
-    if keeps_logits not in (None, True, False):
-        raise ValueError(f"keeps_logits: must be True, False or None; got {keeps_logits!r}")
+    for name, value in (("keeps_logits", keeps_logits), ("kv_repeat", kv_repeat)):
+        if value not in (None, True, False) or isinstance(value, int) and not isinstance(value, bool):
+            raise ValueError(f"{name}: must be True, False or None; got {value!r}")
     if isinstance(loss_chunk, bool) or not isinstance(loss_chunk, int) or loss_chunk < 0:
         raise ValueError(f"loss_chunk: must be an integer >= 0 (0: off); got {loss_chunk!r}")
     if loss_chunk and setup.trains:
@@ -237,6 +243,10 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
         acts, L = activation_bytes(arch, setup, activations)
     else:
         acts, L = {}, sum(F.logits_bytes(arch, setup).values())
+    if kv_repeat and setup.trains:
+        repeat = kv_repeat_bytes(arch, setup)
+        if repeat:
+            acts["kv_repeat"] = repeat
     A = sum(acts.values())
     kv = F.kv_cache_bytes(arch, setup)
     comp = {"weights": W, "gradients": G, "optimizer": O, "activations": A, "logits": L, "kv_cache": kv}
@@ -248,7 +258,8 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
     at, peak = peak_of(moments)
     overhead = (CUDA_CONTEXT + int(FRAGMENTATION * peak)) if setup.device == "cuda" else 0
     comp["overhead"] = overhead
-    upper = upper_bound(arch, setup, comp, trans, peak, keeps_logits, full_logits=not (loss_chunk and setup.trains))
+    upper = upper_bound(arch, setup, comp, trans, peak, keeps_logits, full_logits=not (loss_chunk and setup.trains),
+                        kv_repeat=kv_repeat)
     detail = {f"weights.{k}": v for k, v in wb.items()}
     detail.update({f"transient.{k}": v for k, v in trans.items()})
     if setup.amp:
@@ -266,7 +277,7 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
                                                                            if setup.device == "cuda" else 0)),
                            "upper": upper, "assumes": {"loss_path": CHUNKED_LOSS_PATH if loss_chunk and setup.trains
                                                        else LOSS_PATHS[path],
-                                                       "keeps_logits": keeps_logits}})
+                                                       "keeps_logits": keeps_logits, "kv_repeat": kv_repeat}})
 
 
 def _chunked_logits(arch: ArchInfo, setup: MemorySetup, chunk: int,
@@ -287,7 +298,8 @@ def _chunked_logits(arch: ArchInfo, setup: MemorySetup, chunk: int,
 
 
 def upper_bound(arch: ArchInfo, setup: MemorySetup, comp: dict[str, int], trans: dict[str, int], peak: int,
-                keeps_logits: bool | None, full_logits: bool = True) -> dict[str, Any]:
+                keeps_logits: bool | None, full_logits: bool = True,
+                kv_repeat: bool | None = None) -> dict[str, Any]:
     """The most the step can take given what the estimate cannot know, term by term.
 
     * the training loop keeping its output (unknown → assume kept, in fp32 as transformers < 4.46
@@ -296,7 +308,8 @@ def upper_bound(arch: ArchInfo, setup: MemorySetup, comp: dict[str, int], trans:
       key/value heads, as SDPA with ``enable_gqa`` and flash-attention keep them; transformers' SDPA path
       repeats them (``repeat_kv``) whenever an attention mask is passed (padded batches, packing; see
       ``use_gqa_in_sdpa``), and torchtune's attention always expands them: + 2·(H − K)·d per token per
-      layer (one layer with checkpointing);
+      layer (one layer with checkpointing); only while ``kv_repeat`` is None (True: already in the point
+      estimate; False: known not to happen);
     * allocator slack (reserved − allocated): 5 % in the point estimate, up to 15 % here;
     * a freed logits-sized block the caching allocator cannot hand on (``logits_block``, when the loss
       materialises the full logits): b·s·V·4. The allocator replay (:mod:`labkit.memory.reserved`) needs
@@ -311,7 +324,7 @@ def upper_bound(arch: ArchInfo, setup: MemorySetup, comp: dict[str, int], trans:
         terms["kept_logits"] = kept - trans.get("kept_logits", 0)
         t_up["kept_logits"] = kept
     comp_up = dict(comp)
-    repeat = kv_repeat_bytes(arch, setup)
+    repeat = kv_repeat_bytes(arch, setup) if kv_repeat is None else 0
     if repeat:
         terms["kv_repeat"] = repeat
         comp_up["activations"] = comp.get("activations", 0) + repeat

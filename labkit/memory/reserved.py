@@ -161,10 +161,12 @@ def _optimizer_sizes(arch: ArchInfo, setup: MemorySetup) -> list[int]:
 
 
 def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str | None = None,
-                keeps_logits: bool = False) -> list[tuple[str, int, int]]:
+                keeps_logits: bool = False, kv_repeat: bool = False) -> list[tuple[str, int, int]]:
     """Alloc/free events of ``steps`` training steps of ``setup`` (fake tensors at full size), after the
     static allocations (weights, adapters) and with the optimizer states made at the first step.
-    ``keeps_logits``: the loop holds the model output until the next step's forward rebinds it."""
+    ``keeps_logits``: the loop holds the model output until the next step's forward rebinds it.
+    ``kv_repeat``: attention repeats GQA's K/V to every query head first, as transformers' SDPA path does
+    when it is handed an attention mask (``use_gqa_in_sdpa`` is False: padded batches)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from transformers import AutoModelForCausalLM
 
@@ -185,7 +187,7 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
     orig_sdpa = nnf.scaled_dot_product_attention
     attn = setup.attn if arch.sdpa_supported else "eager"  # eager: the real s x s probabilities, as on the GPU
     with FakeTensorMode(allow_non_fake_inputs=True), _no_mask_materialisation(), _quiet(), \
-            _overwrite_params_on_conversion():
+            _overwrite_params_on_conversion(), _gqa_in_sdpa(not kv_repeat):
         import copy
 
         if attn == "sdpa":
@@ -235,13 +237,27 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
     return events + rec.events
 
 
+@contextlib.contextmanager
+def _gqa_in_sdpa(enabled: bool):
+    """Whether transformers' SDPA path hands K/V to the kernel at the key/value heads (``enable_gqa``) or
+    repeats them to every query head first (``repeat_kv``: what it does whenever a mask is passed)."""
+    import transformers.integrations.sdpa_attention as sdpa
+
+    orig = sdpa.use_gqa_in_sdpa
+    sdpa.use_gqa_in_sdpa = lambda *a, **k: enabled
+    try:
+        yield
+    finally:
+        sdpa.use_gqa_in_sdpa = orig
+
+
 def simulate(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str | None = None,
-             keeps_logits: bool = False) -> dict[str, int]:
+             keeps_logits: bool = False, kv_repeat: bool = False) -> dict[str, int]:
     """The caching allocator over ``steps`` steps: ``allocated`` and ``reserved`` peaks (what
     ``max_memory_allocated`` / ``max_memory_reserved`` report on a card with room to spare),
     ``needs`` (the least the allocator must be allowed to reserve for the steps to run: on a card
     near its limit it empties its cache before failing) and ``segments``."""
-    events = record_step(model, setup, steps, loss_path, keeps_logits)
+    events = record_step(model, setup, steps, loss_path, keeps_logits, kv_repeat)
     alloc: CachingAllocator = replay(events)
     return {"allocated": alloc.peak_allocated, "reserved": alloc.peak_reserved,
             "needs": smallest_capacity(events), "segments": alloc.segments}
