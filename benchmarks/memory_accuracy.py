@@ -3,6 +3,7 @@
     python benchmarks/memory_accuracy.py            # CPU: tensor accounting + saved-tensor hooks, two points per setup
     python benchmarks/memory_accuracy.py --device cuda   # also compares the peak with max_memory_allocated
     python benchmarks/memory_accuracy.py --device cuda --json mem.json   # every row, machine-readable
+    python benchmarks/memory_accuracy.py --padded   # padded batches: the dense-mask route (estimate attn_mask=True)
 
 Prints one row per setup and the median / max absolute error per component.
 """
@@ -27,7 +28,7 @@ def _err(est: int, meas: int) -> float:
 
 
 def run(device: str, families: tuple[str, ...], steps: int, trace: bool, json_path: str | None = None,
-        scales: tuple[int, ...] = (1, 2)) -> int:
+        scales: tuple[int, ...] = (1, 2), padded: bool = False) -> int:
     warnings.filterwarnings("ignore")
     import transformers
 
@@ -51,8 +52,8 @@ def run(device: str, families: tuple[str, ...], steps: int, trace: bool, json_pa
         arch = arch_info(toy_config(fam))
         setup = MemorySetup(device=device, **kw)
         t0 = time.time()
-        meas = measure(arch.config, setup, steps=steps, device=device, check_fits=False)
-        est = estimate(arch, setup)
+        meas = measure(arch.config, setup, steps=steps, device=device, check_fits=False, padded=padded)
+        est = estimate(arch, setup, attn_mask=True) if padded else estimate(arch, setup)
         cells = []
         for c in COMPONENTS:
             e = _err(est.bytes[c], meas.bytes[c])
@@ -71,7 +72,7 @@ def run(device: str, families: tuple[str, ...], steps: int, trace: bool, json_pa
             e = _err(est.peak, alloc)
             errors["peak"].append(e)
             cells.append(f"{est.peak:>9d}/{alloc:>9d} {e:4.1f}%")
-        row = {"family": fam, "setup": kw, "estimate": dict(est.bytes), "measured": dict(meas.bytes),
+        row = {"family": fam, "setup": kw, "padded": padded, "estimate": dict(est.bytes), "measured": dict(meas.bytes),
                "estimate_saved": est.saved, "measured_saved": meas.saved, "estimate_peak": est.peak}
         if device == "cuda":
             row["max_memory_allocated"] = meas.info["max_memory_allocated"]
@@ -88,7 +89,8 @@ def run(device: str, families: tuple[str, ...], steps: int, trace: bool, json_pa
     if json_path:
         summary = {c: {"median": statistics.median(v), "max": max(v)} for c, v in errors.items() if v}
         with open(json_path, "w") as fh:
-            json.dump({"device": device, "rows": rows, "abs_error_pct": summary}, fh, indent=1, default=str)
+            json.dump({"device": device, "padded": padded, "rows": rows, "abs_error_pct": summary}, fh, indent=1,
+                      default=str)
     return 0
 
 
@@ -100,9 +102,13 @@ def main() -> int:
     ap.add_argument("--no-trace", action="store_true", help="skip the fake-tensor trace column")
     ap.add_argument("--json", default=None, help="also write every row and the error summary here")
     ap.add_argument("--scales", default="1,2", help="batch and seq multipliers: each setup at every one (default 1,2)")
+    ap.add_argument("--padded", action="store_true",
+                    help="padded batches (the attention mask reaches SDPA), against estimate(attn_mask=True); "
+                         "the trace column (mask-free) is skipped")
     args = ap.parse_args()
     scales = tuple(int(k) for k in args.scales.split(","))
-    return run(args.device, tuple(args.families.split(",")), args.steps, not args.no_trace, args.json, scales)
+    return run(args.device, tuple(args.families.split(",")), args.steps, not (args.no_trace or args.padded),
+               args.json, scales, args.padded)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ class Row:
     notes: str = ""
     keeps_logits: bool | None = None  # does the source's loop hold the model output through backward?
     kv_repeat: bool | None = None  # does the source's attention save GQA K/V repeated to every query head?
+    attn_mask: bool | None = None  # is SDPA handed a dense mask (padded batches through transformers)?
     seq_is_max: bool = False  # the source caps the length; its peak batch may have been shorter
     long_context: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -65,15 +66,24 @@ def _peft(name: str, measured_bytes: int, notes: str, **setup: Any) -> Row:
     repo, path, commit = PEFT
     base = dict(precision="bf16", optimizer="adamw", batch=4, seq=768, checkpointing=False, attn="sdpa")
     return Row(f"peft/{name}", "llama-3.2-3b", {**base, **setup}, measured_bytes / GiB, "reserved",
-               f"{repo} {path.format(name)} @ {commit}", notes, keeps_logits=True, kv_repeat=True,
+               f"{repo} {path.format(name)} @ {commit}", notes, keeps_logits=True, attn_mask=True,
                seq_is_max=True)
 
 
 PEFT_NOTE = ("L40S, torch 2.13.0+cu130, transformers 5.13.1, peft 0.19.2.dev0; accelerator_memory_max = "
              "max_memory_reserved over the run − reserved at start; batches padded to their longest sample, "
              "truncated at 768 tokens: the peak batch is at most 4×768 (the estimate is made at 768); run.py "
-             "calls model(**batch) with the padded batch's attention_mask, so transformers' SDPA path repeats "
-             "K/V to all 24 heads (use_gqa_in_sdpa needs mask-free attention on CUDA)")
+             "calls model(**batch) with the padded batch's attention_mask, so SDPA is handed a dense mask: every "
+             "layer keeps it as a bias, and transformers repeats K/V to all 24 heads (use_gqa_in_sdpa needs "
+             "mask-free attention on CUDA)")
+
+
+# What torch reports as an 80GB A100's total capacity (the CUDA context is inside it): "79.25 GiB total
+# capacity" in the OOM messages of github.com/levihsu/OOTDiffusion/issues/235 and
+# github.com/wbfwonderful/Vad-R1/issues/11 ("4 A100 80GB gpus"). Cards of other sizes report 1-4 % under
+# their nominal GiB too (A100 40GB 39.50-39.59, RTX 4090 23.68, A10 23.70, A4000 16GB 15.61), but
+# unsloth's 8B rows do not name their cards, so those rows keep the nominal size: the pessimistic reading.
+A100_80GB_CAPACITY = 79.25
 
 
 def _unsloth(gib: int, seq: int) -> Row:
@@ -83,11 +93,12 @@ def _unsloth(gib: int, seq: int) -> Row:
     return Row(f"unsloth/llama-3.1-8b@{gib}GB", "llama-3.1-8b", setup, float(gib), "limit",
                f"{repo} {path} @ {commit}",
                "Llama 3.1 8B Instruct, 4-bit QLoRA all linear r=32, batch 1, padded to the length; "
-               "assumed (not stated): bf16 autocast, 8-bit AdamW, gradient checkpointing, card size in GiB; "
+               "assumed (not stated): bf16 autocast, 8-bit AdamW, gradient checkpointing, card size in GiB "
+               "(the card is not named; real cards report 1-4 % less to torch); "
                "the column is exactly linear (404.75 tokens/GB): a line through their measurements; the table "
                "appeared with Llama 3.3 (Dec 2024), when transformers 4.46-4.47 was current: its loss path; "
-               "FA2 keeps K/V at the 8 key/value heads",
-               long_context=True, loss_path="transformers-4.46", kv_repeat=False)
+               "FA2 keeps K/V at the 8 key/value heads and takes no dense mask",
+               long_context=True, loss_path="transformers-4.46", kv_repeat=False, attn_mask=False)
 
 
 ROWS: list[Row] = [
@@ -105,10 +116,11 @@ ROWS: list[Row] = [
     Row("unsloth/llama-3.3-70b@80GB", "llama-3.1-70b",
         dict(method="qlora", rank=32, targets="all-linear", precision="amp-bf16", compute_dtype="bf16",
              optimizer="adamw8bit", batch=1, seq=6916, checkpointing=True, attn="sdpa"),
-        80.0, "limit", f"{UNSLOTH[0]} {UNSLOTH[1]} @ {UNSLOTH[2]}",
+        A100_80GB_CAPACITY, "limit", f"{UNSLOTH[0]} {UNSLOTH[1]} @ {UNSLOTH[2]}",
         "Llama 3.3 70B Instruct (the 3.1-70B architecture) on an 80GB A100, 4-bit QLoRA all linear r=32, "
-        "batch 1; same assumptions as the 8B rows", long_context=True, loss_path="transformers-4.46",
-        kv_repeat=False),
+        "batch 1; same assumptions as the 8B rows; the card is named, so the limit is its capacity as torch "
+        "reports it (79.25 GiB, CUDA context included), not a nominal 80 GiB", long_context=True, loss_path="transformers-4.46",
+        kv_repeat=False, attn_mask=False),
     # torchtune's optimization-flags table: every later row turns on torch.compile, chunked cross-entropy,
     # checkpointing or activation offloading (not modelled here), so only the packed baseline is used.
     Row("torchtune/llama-3.2-3b-packed", "llama-3.2-3b",
@@ -119,8 +131,9 @@ ROWS: list[Row] = [
         "states), A100; 'Peak Memory Active (GiB)' = active_bytes.all.peak. Baseline flags as the table's later "
         "rows imply: torch AdamW, no optimizer-in-backward, no checkpointing, torch cross-entropy, no compile. "
         "torchtune's own Llama modules, not transformers': its attention expands GQA K/V to all 24 heads "
-        "before flex attention (+1.75 GiB saved here beside K/V at 8 heads: kv_repeat)",
-        keeps_logits=False, kv_repeat=True, long_context=True),
+        "before flex attention (+1.75 GiB saved here beside K/V at 8 heads: kv_repeat); flex attention's "
+        "block mask is sparse, no dense bias",
+        keeps_logits=False, kv_repeat=True, attn_mask=False, long_context=True),
 ]
 
 
@@ -131,7 +144,8 @@ def evaluate(row: Row) -> dict[str, Any]:
     from labkit.memory.setup import MemorySetup
 
     setup = MemorySetup(device="cuda", **row.setup)
-    r = estimate(row.model, setup, keeps_logits=row.keeps_logits, loss_path=row.loss_path, kv_repeat=row.kv_repeat)
+    r = estimate(row.model, setup, keeps_logits=row.keeps_logits, loss_path=row.loss_path, kv_repeat=row.kv_repeat,
+                 attn_mask=row.attn_mask)
     upper = r.info["upper"]
     # like for like: the allocated peak (active), reserved (reserved), or everything the card holds (limit:
     # the CUDA context too, as the replay's smallest card is compared)
@@ -156,7 +170,8 @@ def matching_length(row: Row, lo: int = 64) -> int:
 
     def value(seq: int) -> float:
         r = estimate(row.model, MemorySetup(device="cuda", **{**row.setup, "seq": seq}),
-                     keeps_logits=row.keeps_logits, loss_path=row.loss_path, kv_repeat=row.kv_repeat)
+                     keeps_logits=row.keeps_logits, loss_path=row.loss_path, kv_repeat=row.kv_repeat,
+                     attn_mask=row.attn_mask)
         return {"active": r.peak, "reserved": r.info["reserved"], "limit": r.total}[row.kind] / GiB
 
     hi = 2 * row.setup["seq"]
@@ -175,7 +190,8 @@ def replay(row: Row) -> dict[str, Any]:
     from labkit.memory.setup import MemorySetup
 
     sim = simulate(row.model, MemorySetup(device="cuda", **row.setup), loss_path=row.loss_path,
-                   keeps_logits=bool(row.keeps_logits), kv_repeat=bool(row.kv_repeat))
+                   keeps_logits=bool(row.keeps_logits), kv_repeat=bool(row.kv_repeat),
+                   attn_mask=bool(row.attn_mask))
     value = {"reserved": sim["reserved"], "active": sim["allocated"],
              "limit": sim["needs"] + CUDA_CONTEXT}[row.kind] / GiB
     return {"replay": value, "replay_error": (value - row.measured) / row.measured * 100,

@@ -103,8 +103,9 @@ def test_step_replay_allocated_peak_matches_the_estimate() -> None:
 
 
 def test_step_replay_with_repeated_kv_adds_what_the_estimate_adds() -> None:
-    """With ``kv_repeat`` the replay runs transformers' masked SDPA route (``repeat_kv`` before the kernel):
-    its allocated peak grows by exactly the bytes the estimate's ``kv_repeat=True`` adds."""
+    """With ``kv_repeat`` the replay runs transformers' masked SDPA route (``repeat_kv`` before the kernel),
+    with ``attn_mask`` also the dense mask (kept by every layer as a float bias): its allocated peak grows by
+    exactly the bytes the estimate's ``kv_repeat=True`` / ``attn_mask=True`` add."""
     from labkit.memory.estimate import estimate
     from labkit.memory.reserved import simulate
     from labkit.memory.setup import MemorySetup
@@ -115,8 +116,12 @@ def test_step_replay_with_repeated_kv_adds_what_the_estimate_adds() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         grouped, repeated = simulate(cfg, setup), simulate(cfg, setup, kv_repeat=True)
-    added = estimate(cfg, setup, keeps_logits=False, kv_repeat=True).peak - estimate(cfg, setup, keeps_logits=False).peak
+        masked = simulate(cfg, setup, attn_mask=True)  # a padded batch: the dense mask's bias too
+    base = estimate(cfg, setup, keeps_logits=False).peak
+    added = estimate(cfg, setup, keeps_logits=False, kv_repeat=True).peak - base
     assert added > 0 and repeated["allocated"] - grouped["allocated"] == added
+    added = estimate(cfg, setup, keeps_logits=False, attn_mask=True).peak - base
+    assert masked["allocated"] - grouped["allocated"] == added > repeated["allocated"] - grouped["allocated"]
 
 
 def test_cli_replay_and_loss_path() -> None:

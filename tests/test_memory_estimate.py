@@ -433,7 +433,9 @@ def test_upper_bound_names_its_terms_and_is_never_below_the_point() -> None:
                         optimizer="adamw8bit", seq=4096, checkpointing=True)
     r = estimate("llama-3.1-8b", setup)
     up = r.info["upper"]
-    assert set(up["terms"]) == {"kept_logits", "kv_repeat", "allocator_slack", "logits_block", "cuda_context"}
+    assert set(up["terms"]) == {"kept_logits", "kv_repeat", "mask_bias", "allocator_slack", "logits_block",
+                                "cuda_context"}
+    assert up["terms"]["mask_bias"] == 4096 * 4096 * 2  # one recomputed layer's bf16 (1, 1, s, s) bias
     a = arch_info("llama-3.1-8b")
     assert up["terms"]["kept_logits"] == 4096 * a.vocab * 4
     assert up["terms"]["logits_block"] == 4096 * a.vocab * 4  # one fp32 logits block the allocator cannot reuse
@@ -457,7 +459,8 @@ def test_upper_bound_names_its_terms_and_is_never_below_the_point() -> None:
 
 def test_kv_repeat_known_moves_the_term_from_the_bound_into_the_point() -> None:
     """``kv_repeat=True`` (transformers' SDPA with a padding mask, torchtune): the repeated K/V are saved in
-    the point estimate and no longer an uncertain term; ``False`` (flash-attention, mask-free SDPA): neither."""
+    the point estimate and no longer an uncertain term; ``False`` (flash-attention, mask-free SDPA): neither.
+    ``attn_mask=True`` (padded batches) adds each layer's saved bias and implies the repeat."""
     setup = MemorySetup(method="lora", rank=32, targets="q_proj,v_proj", precision="bf16", batch=4, seq=768)
     a = arch_info("llama-3.2-3b")
     unknown = estimate("llama-3.2-3b", setup, keeps_logits=True)
@@ -474,6 +477,20 @@ def test_kv_repeat_known_moves_the_term_from_the_bound_into_the_point() -> None:
     for bad in ("yes", 1):
         with pytest.raises(ValueError, match="kv_repeat"):
             estimate("llama-3.2-3b", setup, kv_repeat=bad)  # type: ignore[arg-type]
+    # a padded batch (a dense mask through transformers' SDPA): the bias in every layer and, by default, the repeat
+    masked = estimate("llama-3.2-3b", setup, keeps_logits=True, attn_mask=True)
+    bias = a.layers * 4 * 768 * 768 * 2
+    assert masked.bytes["activations"] - unknown.bytes["activations"] == repeat + bias
+    assert unknown.info["upper"]["terms"]["mask_bias"] == bias and "mask_bias" not in masked.info["upper"]["terms"]
+    assert masked.info["upper"]["peak"] == unknown.info["upper"]["peak"]  # nothing the bound did not hold
+    assert estimate("llama-3.2-3b", setup, attn_mask=True, kv_repeat=False).bytes["activations"] == \
+        unknown.bytes["activations"] + bias
+    with pytest.raises(ValueError, match="attn_mask"):
+        estimate("llama-3.2-3b", setup, attn_mask="padded")  # type: ignore[arg-type]
+    text = _cli("estimate", "--model", "llama-3.2-3b", "--batch", "4", "--seq", "768", "--attn-mask", "yes")
+    assert text.returncode == 0 and "kept by every layer" in text.stdout, text.stderr
+    bad = _cli("estimate", "--model", "llama-3.2-3b", "--attn-mask", "sometimes")
+    assert bad.returncode == 2 and "--attn-mask" in bad.stderr
     text = _cli("estimate", "--model", "llama-3.2-3b", "--batch", "4", "--seq", "768", "--kv-repeat", "yes")
     assert text.returncode == 0 and "repeated to every head" in text.stdout, text.stderr
     bad = _cli("estimate", "--model", "llama-3.2-3b", "--kv-repeat", "maybe")

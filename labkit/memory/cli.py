@@ -60,6 +60,10 @@ def add_estimate_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="unknown|yes|no: does attention save GQA's K/V repeated to every query head? yes: "
                         "transformers' SDPA with an attention mask (padded batches, packing), torchtune; no: "
                         "flash-attention 2, SDPA without a mask (unknown: the upper bound carries it)")
+    p.add_argument("--attn-mask", default="unknown",
+                   help="unknown|yes|no: is SDPA handed a dense attention mask (batches padded to their longest "
+                        "row, through transformers)? yes: every layer keeps the mask as a b*s*s bias and K/V "
+                        "repeated (unknown: the upper bound carries both)")
     p.add_argument("--calibrate", action="store_true",
                    help="run real steps at 1/8 and 1/4 of --seq on this machine, fit the residual, show both")
     p.add_argument("--replay", action="store_true",
@@ -77,6 +81,9 @@ def add_measure_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("measure", help="run the same setup for real and measure it")
     _add_setup_options(p, "cuda|cpu (default: this machine)")
     p.add_argument("--steps", default="3", help="optimizer steps to run (>= 3 recommended)")
+    p.add_argument("--padded", action="store_true",
+                   help="pad the batches (one padding token in the first row): the attention mask reaches the "
+                        "model, as with batches padded to their longest row (compare: estimate --attn-mask yes)")
     p.add_argument("--largest-batch", action="store_true",
                    help="CUDA: search the largest micro-batch that really runs (catches real OOMs)")
     p.set_defaults(func=run_measure)
@@ -132,7 +139,10 @@ def _print(result: Any, args: argparse.Namespace, gpu_mem: int | None) -> None:
                 False: "drops its output"}[assumes.get("keeps_logits")]
         kv = {None: "unknown (point: at the key/value heads; upper: repeated)", True: "repeated to every head",
               False: "at the key/value heads"}[assumes.get("kv_repeat")]
-        print(f"  assumes: {assumes['loss_path'].split(':')[0]}; training loop {loop}; GQA K/V saved {kv}")
+        mask = {None: "unknown (point: none; upper: kept)", True: "kept by every layer as a bias",
+                False: "none"}[assumes.get("attn_mask")]
+        print(f"  assumes: {assumes['loss_path'].split(':')[0]}; training loop {loop}; GQA K/V saved {kv}; "
+              f"dense attention mask {mask}")
     if isinstance(upper, dict):
         terms = ", ".join(f"{k} +{fmt_bytes(v)}" for k, v in upper["terms"].items() if v > 0) or "none"
         print(f"  upper bound  {fmt_bytes(upper['total']):>12s}  (point {fmt_bytes(data['peak'] + data['bytes']['overhead'])}"
@@ -177,12 +187,14 @@ def run_estimate(args: argparse.Namespace) -> int:
 
         if loss_path is not None and loss_path not in LOSS_PATHS:
             raise SetupError("loss-path", "|".join(LOSS_PATHS), loss_path)
-        repeats = {"unknown": None, "yes": True, "no": False}
-        kv = getattr(args, "kv_repeat", "unknown")
-        if kv not in repeats:
-            raise SetupError("kv-repeat", "|".join(repeats), kv)
+        known = {"unknown": None, "yes": True, "no": False}
+        kv, mask = getattr(args, "kv_repeat", "unknown"), getattr(args, "attn_mask", "unknown")
+        if kv not in known:
+            raise SetupError("kv-repeat", "|".join(known), kv)
+        if mask not in known:
+            raise SetupError("attn-mask", "|".join(known), mask)
         result = estimate(args.model, setup, activations=method, keeps_logits=loops[loop], loss_chunk=chunk,
-                          loss_path=loss_path, kv_repeat=repeats[kv])
+                          loss_path=loss_path, kv_repeat=known[kv], attn_mask=known[mask])
         if getattr(args, "replay", False):
             if chunk:
                 raise SetupError("replay", "a transformers loss (not with --loop labkit)", "--loop labkit")
@@ -190,7 +202,7 @@ def run_estimate(args: argparse.Namespace) -> int:
             from labkit.memory.reserved import simulate
 
             sim = simulate(args.model, setup, loss_path=loss_path, keeps_logits=bool(loops[loop]),
-                           kv_repeat=bool(repeats[kv]))
+                           kv_repeat=bool(known[kv]), attn_mask=bool(known[mask]))
             result.info["replay"] = {**sim, "card": sim["needs"] + CUDA_CONTEXT}
     except (SetupError, ArchError, ValueError) as exc:
         return _fail(str(exc))
@@ -232,7 +244,7 @@ def run_measure(args: argparse.Namespace) -> int:
             print(json.dumps(found) if args.json else f"largest micro-batch that runs: {found['batch']} "
                   f"(estimate said {found['estimate']}; tried {[t['batch'] for t in found['tried']]})")
             return 0
-        result = measure(args.model, setup, steps=steps, device=setup.device)
+        result = measure(args.model, setup, steps=steps, device=setup.device, padded=getattr(args, "padded", False))
     except MeasureRefused as exc:  # first: a LabkitError, so a ValueError too, but a runtime refusal (exit 1)
         print(f"labkit: {exc}", file=sys.stderr)
         return 1

@@ -62,7 +62,7 @@ def logits_dtype_bytes(setup: MemorySetup) -> int:
 
 
 def transients(arch: ArchInfo, setup: MemorySetup, keeps_logits: bool = False,
-               loss_path: str = "transformers>=4.49") -> dict[str, int]:
+               loss_path: str = "transformers>=4.49", route: tuple[bool, bool] = (False, False)) -> dict[str, int]:
     """Short-lived buffers that set the peak at particular moments (not saved for backward).
 
     The loss head's, checked byte for byte on CPU with a live-tensor tracker (see
@@ -74,6 +74,7 @@ def transients(arch: ArchInfo, setup: MemorySetup, keeps_logits: bool = False,
     (``out = model(...)``, then backward on ``out.loss``) — the logits tensor stays alive at every moment.
     ``loss_path`` (a key of ``LOSS_PATHS``): older transformers make a shifted fp32 copy of the logits
     (4.46-4.48: beside the half logits and their fp32 upcast; <= 4.45: the model returns fp32 logits).
+    ``route``: the attention's ``(repeat_kv, dense_mask)`` (:func:`formulas.activation_inventory`).
     """
     if loss_path not in LOSS_PATHS:
         raise ValueError(f"loss_path: one of {', '.join(LOSS_PATHS)}; got {loss_path!r}")
@@ -94,9 +95,9 @@ def transients(arch: ArchInfo, setup: MemorySetup, keeps_logits: bool = False,
             kept_b = 4 if loss_path == "transformers<4.46" else logits_dtype_bytes(setup)
             out["kept_logits"] = tok * V * kept_b
         if setup.checkpointing and arch.family is not None:
-            out["recompute"] = F.layer_inventory_bytes(arch, setup)
+            out["recompute"] = F.layer_inventory_bytes(arch, setup, *route)
         if arch.family is not None:
-            out.update(backward_layer_terms(arch, setup))
+            out.update(backward_layer_terms(arch, setup, route))
         n = F.trainable_params(arch, setup)
         b = F.trainable_bytes_per_param(setup)
         if setup.optimizer in ("adamw", "sgd"):
@@ -116,7 +117,8 @@ def transients(arch: ArchInfo, setup: MemorySetup, keeps_logits: bool = False,
     return out
 
 
-def backward_layer_terms(arch: ArchInfo, setup: MemorySetup) -> dict[str, int]:
+def backward_layer_terms(arch: ArchInfo, setup: MemorySetup,
+                         route: tuple[bool, bool] = (False, False)) -> dict[str, int]:
     """What one block's backward adds on top of what is saved, and the gradients around it.
 
     Walked op by op like the forward, and checked with the live-tensor tracker on CPU: the MLP's
@@ -151,7 +153,7 @@ def backward_layer_terms(arch: ArchInfo, setup: MemorySetup) -> dict[str, int]:
     inv = F.activation_inventory(arch, setup.replace(checkpointing=False)).items
     dup = ckpt_in if f"L{arch.layers - 1}.x" in inv else 0
     return {"bwd_layer_temp": temp, "grad_block": g_block, "ckpt_input": ckpt_in, "ckpt_dup": dup, "grad_head": g_head, "grad_embed_last": g_embed_last,
-            "layer_saved": F.layer_inventory_bytes(arch, setup)}
+            "layer_saved": F.layer_inventory_bytes(arch, setup, *route)}
 
 
 def moments_from(comp: dict[str, int], setup: MemorySetup, transient: dict[str, int] | None = None) -> dict[str, int]:
@@ -187,19 +189,27 @@ def moments_from(comp: dict[str, int], setup: MemorySetup, transient: dict[str, 
     return m
 
 
-def activation_bytes(arch: ArchInfo, setup: MemorySetup, method: str = "formula") -> tuple[dict[str, int], int]:
-    """(saved-for-backward bytes by name, logits bytes): the hand formula, or the exact fake-tensor trace."""
+def activation_bytes(arch: ArchInfo, setup: MemorySetup, method: str = "formula",
+                     route: tuple[bool, bool] = (False, False)) -> tuple[dict[str, int], int]:
+    """(saved-for-backward bytes by name, logits bytes): the hand formula, or the exact fake-tensor trace
+    (which runs the flash-style route: ``route``'s extra bytes are added as the formulas count them)."""
     if method == "trace" or arch.family is None:
         from labkit.memory.trace import trace_activations
 
         traced = trace_activations(arch, setup)
-        return {"traced": traced["activations"]}, traced["logits"]
-    return dict(F.activation_inventory(arch, setup).items), sum(F.logits_bytes(arch, setup).values())
+        out = {"traced": traced["activations"]}
+        layers = 0 if setup.checkpointing else arch.layers
+        if route[0] and layers:
+            out["kv_repeat"] = layers * kv_repeat_layer_bytes(arch, setup)
+        if route[1] and layers:
+            out["mask_bias"] = layers * mask_bias_layer_bytes(arch, setup)
+        return out, traced["logits"]
+    return dict(F.activation_inventory(arch, setup, *route).items), sum(F.logits_bytes(arch, setup).values())
 
 
 def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
              keeps_logits: bool | None = None, loss_chunk: int = 0, loss_path: str | None = None,
-             kv_repeat: bool | None = None) -> Breakdown:
+             kv_repeat: bool | None = None, attn_mask: bool | None = None) -> Breakdown:
     """Estimate every component for ``setup`` (per device) and the peak over the step's moments.
 
     ``keeps_logits``: whether the training loop holds the model output through backward
@@ -215,11 +225,14 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
     SDPA path with an attention mask (padded batches, packing) and for torchtune; False for
     flash-attention and mask-free SDPA (``enable_gqa``); None for "unknown": the point estimate keeps
     K/V at the key/value heads and the upper bound carries the repeat.
+    ``attn_mask``: whether SDPA is handed a dense attention mask (transformers with padded batches): each
+    layer then saves the mask as a float bias (b·s²) and, unless ``kv_repeat`` says otherwise, repeated
+    K/V; None: the upper bound carries the bias. With checkpointing both live only in the recomputed layer.
     """
     path = installed_loss_path() if loss_path is None else loss_path
     if path not in LOSS_PATHS:
         raise ValueError(f"loss_path: one of {', '.join(LOSS_PATHS)}; got {loss_path!r}")
-    for name, value in (("keeps_logits", keeps_logits), ("kv_repeat", kv_repeat)):
+    for name, value in (("keeps_logits", keeps_logits), ("kv_repeat", kv_repeat), ("attn_mask", attn_mask)):
         if value not in (None, True, False) or isinstance(value, int) and not isinstance(value, bool):
             raise ValueError(f"{name}: must be True, False or None; got {value!r}")
     if isinstance(loss_chunk, bool) or not isinstance(loss_chunk, int) or loss_chunk < 0:
@@ -239,18 +252,17 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
         G = -(-G // n)
     if setup.zero >= 3:
         W = -(-W // n)
+    if kv_repeat is None and attn_mask:
+        kv_repeat = True  # transformers' SDPA path repeats K/V whenever it is handed a mask
+    route = (bool(kv_repeat), bool(attn_mask))
     if setup.trains:
-        acts, L = activation_bytes(arch, setup, activations)
+        acts, L = activation_bytes(arch, setup, activations, route)
     else:
         acts, L = {}, sum(F.logits_bytes(arch, setup).values())
-    if kv_repeat and setup.trains:
-        repeat = kv_repeat_bytes(arch, setup)
-        if repeat:
-            acts["kv_repeat"] = repeat
     A = sum(acts.values())
     kv = F.kv_cache_bytes(arch, setup)
     comp = {"weights": W, "gradients": G, "optimizer": O, "activations": A, "logits": L, "kv_cache": kv}
-    trans = transients(arch, setup, keeps_logits=bool(keeps_logits), loss_path=path)
+    trans = transients(arch, setup, keeps_logits=bool(keeps_logits), loss_path=path, route=route)
     if loss_chunk and setup.trains:
         L, trans = _chunked_logits(arch, setup, loss_chunk, trans)
         comp["logits"] = L
@@ -259,7 +271,7 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
     overhead = (CUDA_CONTEXT + int(FRAGMENTATION * peak)) if setup.device == "cuda" else 0
     comp["overhead"] = overhead
     upper = upper_bound(arch, setup, comp, trans, peak, keeps_logits, full_logits=not (loss_chunk and setup.trains),
-                        kv_repeat=kv_repeat)
+                        kv_repeat=kv_repeat, attn_mask=attn_mask)
     detail = {f"weights.{k}": v for k, v in wb.items()}
     detail.update({f"transient.{k}": v for k, v in trans.items()})
     if setup.amp:
@@ -277,7 +289,8 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
                                                                            if setup.device == "cuda" else 0)),
                            "upper": upper, "assumes": {"loss_path": CHUNKED_LOSS_PATH if loss_chunk and setup.trains
                                                        else LOSS_PATHS[path],
-                                                       "keeps_logits": keeps_logits, "kv_repeat": kv_repeat}})
+                                                       "keeps_logits": keeps_logits, "kv_repeat": kv_repeat,
+                                                       "attn_mask": attn_mask}})
 
 
 def _chunked_logits(arch: ArchInfo, setup: MemorySetup, chunk: int,
@@ -299,7 +312,7 @@ def _chunked_logits(arch: ArchInfo, setup: MemorySetup, chunk: int,
 
 def upper_bound(arch: ArchInfo, setup: MemorySetup, comp: dict[str, int], trans: dict[str, int], peak: int,
                 keeps_logits: bool | None, full_logits: bool = True,
-                kv_repeat: bool | None = None) -> dict[str, Any]:
+                kv_repeat: bool | None = None, attn_mask: bool | None = None) -> dict[str, Any]:
     """The most the step can take given what the estimate cannot know, term by term.
 
     * the training loop keeping its output (unknown → assume kept, in fp32 as transformers < 4.46
@@ -310,6 +323,8 @@ def upper_bound(arch: ArchInfo, setup: MemorySetup, comp: dict[str, int], trans:
       ``use_gqa_in_sdpa``), and torchtune's attention always expands them: + 2·(H − K)·d per token per
       layer (one layer with checkpointing); only while ``kv_repeat`` is None (True: already in the point
       estimate; False: known not to happen);
+    * a dense attention mask saved by every layer as a float bias (``mask_bias``, while ``attn_mask`` is
+      None): + b·s² per layer in the query's dtype (one layer with checkpointing);
     * allocator slack (reserved − allocated): 5 % in the point estimate, up to 15 % here;
     * a freed logits-sized block the caching allocator cannot hand on (``logits_block``, when the loss
       materialises the full logits): b·s·V·4. The allocator replay (:mod:`labkit.memory.reserved`) needs
@@ -325,9 +340,11 @@ def upper_bound(arch: ArchInfo, setup: MemorySetup, comp: dict[str, int], trans:
         t_up["kept_logits"] = kept
     comp_up = dict(comp)
     repeat = kv_repeat_bytes(arch, setup) if kv_repeat is None else 0
-    if repeat:
-        terms["kv_repeat"] = repeat
-        comp_up["activations"] = comp.get("activations", 0) + repeat
+    bias = mask_bias_bytes(arch, setup) if attn_mask is None else 0
+    for name, value in (("kv_repeat", repeat), ("mask_bias", bias)):
+        if value:
+            terms[name] = value
+            comp_up["activations"] = comp_up.get("activations", 0) + value
     up_peak = max(moments_from(comp_up, setup, t_up).values()) if setup.trains else peak
     if setup.device == "cuda":
         frag = int(FRAGMENTATION_UPPER * up_peak)
@@ -344,15 +361,40 @@ def upper_bound(arch: ArchInfo, setup: MemorySetup, comp: dict[str, int], trans:
             "note": "fits/margin use this bound: point estimate + the uncertain terms at their largest"}
 
 
-def kv_repeat_bytes(arch: ArchInfo, setup: MemorySetup) -> int:
-    """Saved bytes K/V take beyond the key/value heads when repeated to all heads (0 without GQA or when
-    the walk already repeats them: eager attention, the math path)."""
+def _sdpa_trains(arch: ArchInfo, setup: MemorySetup) -> bool:
+    return setup.trains and arch.family is not None and setup.attn != "eager" and arch.sdpa_supported
+
+
+def _query_bytes(setup: MemorySetup) -> int:
+    return 2 if (setup.amp or setup.compute in ("fp16", "bf16")) else 4
+
+
+def kv_repeat_layer_bytes(arch: ArchInfo, setup: MemorySetup) -> int:
+    """One layer's saved bytes K/V take beyond the key/value heads when repeated to all heads (0 without
+    GQA or when the walk already repeats them: eager attention, the math path)."""
     H, K = arch.heads or 0, arch.kv_heads or 0
-    if not setup.trains or arch.family is None or H <= K or setup.attn == "eager" or not arch.sdpa_supported:
+    if not _sdpa_trains(arch, setup) or H <= K:
         return 0
-    b = 2 if (setup.amp or setup.compute in ("fp16", "bf16")) else 4
-    layers = 1 if setup.checkpointing else arch.layers
-    return layers * setup.batch * setup.seq * 2 * (H - K) * arch.head_dim * b
+    return setup.batch * setup.seq * 2 * (H - K) * arch.head_dim * _query_bytes(setup)
+
+
+def mask_bias_layer_bytes(arch: ArchInfo, setup: MemorySetup) -> int:
+    """One layer's saved attention bias when SDPA is handed a dense mask (a padded batch): torch converts
+    the boolean (b, 1, s, s) mask to a float bias in the query's dtype at every call and the kernel saves it
+    for backward (CPU flash and CUDA memory-efficient alike; measured on CPU) — b·s² per layer."""
+    if not _sdpa_trains(arch, setup):
+        return 0
+    return setup.batch * setup.seq * setup.seq * _query_bytes(setup)
+
+
+def kv_repeat_bytes(arch: ArchInfo, setup: MemorySetup) -> int:
+    """Saved bytes of repeated K/V over the step (one layer with checkpointing: the recomputed one)."""
+    return (1 if setup.checkpointing else arch.layers) * kv_repeat_layer_bytes(arch, setup)
+
+
+def mask_bias_bytes(arch: ArchInfo, setup: MemorySetup) -> int:
+    """Saved bytes of the dense mask's per-layer bias over the step (one layer with checkpointing)."""
+    return (1 if setup.checkpointing else arch.layers) * mask_bias_layer_bytes(arch, setup)
 
 
 def validate_against(arch: ArchInfo, setup: MemorySetup) -> None:

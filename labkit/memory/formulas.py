@@ -151,8 +151,9 @@ class Inventory:
 class _Walk:
     """Walks a block's forward, recording what each op saves for backward."""
 
-    def __init__(self, arch: ArchInfo, setup: MemorySetup) -> None:
+    def __init__(self, arch: ArchInfo, setup: MemorySetup, repeat_kv: bool = False, dense_mask: bool = False) -> None:
         self.a, self.s = arch, setup
+        self.repeat_kv, self.dense_mask = repeat_kv, dense_mask  # the attention's route (see activation_inventory)
         self.inv = Inventory()
         self.tok = setup.batch * setup.seq
         half = setup.precision in ("fp16", "bf16")
@@ -249,10 +250,16 @@ class _Walk:
         if not math_path:  # flash: q, k, v, out, logsumexp; GQA K/V stay at kv_heads
             if fused_views:  # q, k, v are views of one fused projection output: one storage
                 self.inv.save(v_key, v_storage)
+            elif self.repeat_kv and H > K:  # repeat_kv: K/V copied to every head; the kernel keeps the copies
+                self.inv.save(q_key, q)
+                self.inv.save(f"{key}.k_rep", b * H * s.seq * d * qb)
+                self.inv.save(f"{key}.v_rep", b * H * s.seq * d * qb)
             else:
                 self.inv.save(q_key, q)
                 self.inv.save(k_key, kv)
                 self.inv.save(v_key, v_storage)
+            if self.dense_mask:  # the dense mask, converted to a float bias in the query's dtype at every call
+                self.inv.save(f"{key}.mask_bias", b * s.seq * s.seq * qb)
             self.inv.save(out_key, q)
             self.inv.save(f"{key}.lse", b * H * s.seq * 4)
             if dropout > 0:
@@ -373,11 +380,20 @@ def _block_gpt2(w: _Walk, l: int) -> None:
     w.req = req2 or fc_req or p_req
 
 
-def activation_inventory(arch: ArchInfo, setup: MemorySetup) -> Inventory:
-    """Every tensor autograd keeps for backward in one micro-batch (parameters excluded)."""
+def activation_inventory(arch: ArchInfo, setup: MemorySetup, repeat_kv: bool = False,
+                         dense_mask: bool = False) -> Inventory:
+    """Every tensor autograd keeps for backward in one micro-batch (parameters excluded).
+
+    The attention's route, where it is not the flash-style default (K/V at the key/value heads, no mask):
+    ``repeat_kv`` — GQA's K/V repeated to every query head before the kernel, which keeps the copies
+    (transformers' SDPA path when handed a mask; torchtune); ``dense_mask`` — SDPA handed a dense mask (a
+    padded batch) converts it to a float bias at every call and keeps it (b·s² per layer; not on the math
+    path), and GPT-2's checkpointed blocks keep the (b, 1, s, s) boolean mask itself, once. Measured on
+    CPU with padded batches (``tests/test_memory_groundtruth.py``).
+    """
     if arch.family is None:
         raise NotImplementedError(f"no hand-written formula for {arch.model_type}; use trace_activations")
-    w = _Walk(arch, setup)
+    w = _Walk(arch, setup, repeat_kv, dense_mask)
     tok, h = w.tok, arch.hidden
     if not setup.trains:
         return w.inv
@@ -394,6 +410,8 @@ def activation_inventory(arch: ArchInfo, setup: MemorySetup) -> Inventory:
         # Only each block's input survives the forward (the block is re-run during backward).
         for l in range(arch.layers):
             w.inv.save(f"L{l}.ckpt_in", tok * h * w.stream)
+        if dense_mask and arch.family == "gpt2":  # GPT-2 hands its blocks the mask positionally: saved once
+            w.inv.save("attn_mask", setup.batch * setup.seq * setup.seq)
         w.req = True
     else:
         for l in range(arch.layers):
@@ -414,9 +432,10 @@ def activation_inventory(arch: ArchInfo, setup: MemorySetup) -> Inventory:
     return w.inv
 
 
-def layer_inventory_bytes(arch: ArchInfo, setup: MemorySetup) -> int:
+def layer_inventory_bytes(arch: ArchInfo, setup: MemorySetup, repeat_kv: bool = False,
+                          dense_mask: bool = False) -> int:
     """One block's saved bytes without checkpointing (what a checkpointed backward recomputes)."""
-    inv = activation_inventory(arch, setup.replace(checkpointing=False))
+    inv = activation_inventory(arch, setup.replace(checkpointing=False), repeat_kv, dense_mask)
     last = arch.layers - 1
     return inv.total(f"L{last}.")
 

@@ -151,8 +151,10 @@ def build_model(model: Any, setup: MemorySetup, device: torch.device, seed: int 
 
 
 def measure(model: Any, setup: MemorySetup, *, steps: int = 3, device: str | torch.device | None = None,
-            seed: int = 0, check_fits: bool = True, net: nn.Module | None = None) -> Breakdown:
-    """Run ``steps`` real steps of ``setup`` and return the measured :class:`Breakdown`."""
+            seed: int = 0, check_fits: bool = True, net: nn.Module | None = None,
+            padded: bool = False) -> Breakdown:
+    """Run ``steps`` real steps of ``setup`` and return the measured :class:`Breakdown`.
+    ``padded``: batches padded to their longest row (an attention mask reaches the model)."""
     from labkit.device import resolve_device
 
     dev = resolve_device(device)
@@ -171,7 +173,7 @@ def measure(model: Any, setup: MemorySetup, *, steps: int = 3, device: str | tor
     net = net if net is not None else build_model(model, setup, dev, seed)
     if setup.mode == "inference":
         return _measure_inference(net, info, setup, dev, seed)
-    return _measure_train(net, info, setup, dev, steps, seed)
+    return _measure_train(net, info, setup, dev, steps, seed, padded)
 
 
 def _autocast(setup: MemorySetup, dev: torch.device) -> contextlib.AbstractContextManager:
@@ -180,12 +182,20 @@ def _autocast(setup: MemorySetup, dev: torch.device) -> contextlib.AbstractConte
     return contextlib.nullcontext()
 
 
-def random_token_batches(vocab: int, batch: int, seq: int, seed: int, device: torch.device):
-    """Endless batches of random tokens, every position a target (all a step's memory depends on)."""
+def random_token_batches(vocab: int, batch: int, seq: int, seed: int, device: torch.device,
+                         padded: bool = False):
+    """Endless batches of random tokens, every position a target (all a step's memory depends on).
+    ``padded``: the first row ends in one padding token, as a batch padded to its longest row does — the
+    attention mask then reaches the model, and transformers' SDPA path takes its masked route."""
     gen = torch.Generator().manual_seed(seed)
     while True:
         ids = torch.randint(0, vocab, (batch, seq), generator=gen).to(device)
-        yield {"input_ids": ids, "labels": ids}
+        if not padded:
+            yield {"input_ids": ids, "labels": ids}
+            continue
+        mask = torch.ones_like(ids)
+        mask[0, -1] = 0
+        yield {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
 
 class MemoryHooks(TrainHooks):
@@ -210,7 +220,7 @@ class MemoryHooks(TrainHooks):
 
 
 def _measure_train(net: nn.Module, info: Any, setup: MemorySetup, dev: torch.device, steps: int,
-                   seed: int) -> Breakdown:
+                   seed: int, padded: bool = False) -> Breakdown:
     """``steps`` steps of the engine's own loop on random tokens, with memory hooks."""
     from labkit.train.engine import train
 
@@ -221,7 +231,7 @@ def _measure_train(net: nn.Module, info: Any, setup: MemorySetup, dev: torch.dev
     weights = unique_bytes(weight_tensors(net))
     hooks = MemoryHooks(net, steps)
     config = setup.train_config(_run_name(info.name), steps=steps, seed=seed)
-    train(config, model=net, batches=random_token_batches(info.vocab, setup.batch, setup.seq, seed, dev),
+    train(config, model=net, batches=random_token_batches(info.vocab, setup.batch, setup.seq, seed, dev, padded),
           hooks=hooks, progress=False, device=dev, raise_errors=True)
     recorder = hooks.recorder
     acts, logits = recorder.split() if recorder is not None else (0, 0)
@@ -231,7 +241,7 @@ def _measure_train(net: nn.Module, info: Any, setup: MemorySetup, dev: torch.dev
 
     comp = {"weights": weights, "gradients": hooks.gradients, "optimizer": hooks.optimizer, "activations": acts,
             "logits": logits, "kv_cache": 0, "overhead": 0}
-    moments = moments_from(comp, setup, transients(info, setup))
+    moments = moments_from(comp, setup, transients(info, setup, route=(padded, padded)))
     moment, peak = peak_of(moments)
     result = Breakdown(bytes=comp, peak=peak,
                        params={"total": _logical_params(net), "trainable": sum(p.numel() for p in trainable)},

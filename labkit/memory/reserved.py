@@ -161,19 +161,22 @@ def _optimizer_sizes(arch: ArchInfo, setup: MemorySetup) -> list[int]:
 
 
 def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str | None = None,
-                keeps_logits: bool = False, kv_repeat: bool = False) -> list[tuple[str, int, int]]:
+                keeps_logits: bool = False, kv_repeat: bool = False,
+                attn_mask: bool = False) -> list[tuple[str, int, int]]:
     """Alloc/free events of ``steps`` training steps of ``setup`` (fake tensors at full size), after the
     static allocations (weights, adapters) and with the optimizer states made at the first step.
     ``keeps_logits``: the loop holds the model output until the next step's forward rebinds it.
     ``kv_repeat``: attention repeats GQA's K/V to every query head first, as transformers' SDPA path does
-    when it is handed an attention mask (``use_gqa_in_sdpa`` is False: padded batches)."""
+    when it is handed an attention mask (``use_gqa_in_sdpa`` is False: padded batches).
+    ``attn_mask``: a padded batch — transformers builds the dense (b, 1, s, s) mask and hands it to every
+    layer's SDPA, which keeps it as a float bias (and, through ``kv_repeat``, repeats K/V)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from transformers import AutoModelForCausalLM
 
     from labkit.memory.estimate import installed_loss_path
     from labkit.train.step import StepSettings, backpropagate, scaler_for
-    from labkit.memory.trace import (_flash_sdpa, _no_mask_materialisation, _overwrite_params_on_conversion, _quiet,
-                                     _swap_4bit)
+    from labkit.memory.trace import (_flash_sdpa, _flash_sdpa_masked, _no_mask_materialisation,
+                                     _overwrite_params_on_conversion, _quiet, _swap_4bit)
 
     arch = model if isinstance(model, ArchInfo) else arch_info(model)
     path = loss_path or installed_loss_path()
@@ -186,12 +189,14 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
 
     orig_sdpa = nnf.scaled_dot_product_attention
     attn = setup.attn if arch.sdpa_supported else "eager"  # eager: the real s x s probabilities, as on the GPU
-    with FakeTensorMode(allow_non_fake_inputs=True), _no_mask_materialisation(), _quiet(), \
+    kv_repeat = kv_repeat or attn_mask  # transformers' SDPA path repeats K/V whenever it is handed a mask
+    masks = _dense_mask() if attn_mask else _no_mask_materialisation()
+    with FakeTensorMode(allow_non_fake_inputs=True), masks, _quiet(), \
             _overwrite_params_on_conversion(), _gqa_in_sdpa(not kv_repeat):
         import copy
 
         if attn == "sdpa":
-            nnf.scaled_dot_product_attention = _flash_sdpa
+            nnf.scaled_dot_product_attention = _flash_sdpa_masked if attn_mask else _flash_sdpa
         try:
             net = AutoModelForCausalLM.from_config(copy.deepcopy(arch.config), dtype=DTYPES[setup.param_dtype],
                                                    attn_implementation=attn)
@@ -238,6 +243,20 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
 
 
 @contextlib.contextmanager
+def _dense_mask():
+    """A padded batch: transformers cannot skip the causal mask, so it builds the dense one."""
+    import transformers.masking_utils as mu
+
+    orig, orig_packed = mu._ignore_causal_mask_sdpa, mu.find_packed_sequence_indices
+    mu._ignore_causal_mask_sdpa = lambda *a, **k: False
+    mu.find_packed_sequence_indices = lambda *a, **k: None  # one sequence per row, padded
+    try:
+        yield
+    finally:
+        mu._ignore_causal_mask_sdpa, mu.find_packed_sequence_indices = orig, orig_packed
+
+
+@contextlib.contextmanager
 def _gqa_in_sdpa(enabled: bool):
     """Whether transformers' SDPA path hands K/V to the kernel at the key/value heads (``enable_gqa``) or
     repeats them to every query head first (``repeat_kv``: what it does whenever a mask is passed)."""
@@ -252,12 +271,12 @@ def _gqa_in_sdpa(enabled: bool):
 
 
 def simulate(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str | None = None,
-             keeps_logits: bool = False, kv_repeat: bool = False) -> dict[str, int]:
+             keeps_logits: bool = False, kv_repeat: bool = False, attn_mask: bool = False) -> dict[str, int]:
     """The caching allocator over ``steps`` steps: ``allocated`` and ``reserved`` peaks (what
     ``max_memory_allocated`` / ``max_memory_reserved`` report on a card with room to spare),
     ``needs`` (the least the allocator must be allowed to reserve for the steps to run: on a card
     near its limit it empties its cache before failing) and ``segments``."""
-    events = record_step(model, setup, steps, loss_path, keeps_logits, kv_repeat)
+    events = record_step(model, setup, steps, loss_path, keeps_logits, kv_repeat, attn_mask)
     alloc: CachingAllocator = replay(events)
     return {"allocated": alloc.peak_allocated, "reserved": alloc.peak_reserved,
             "needs": smallest_capacity(events), "segments": alloc.segments}

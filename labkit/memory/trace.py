@@ -51,24 +51,27 @@ class _FlashSaves(torch.autograd.Function):
     """What flash / memory-efficient SDPA keeps: q, k, v (GQA heads as given), out, logsumexp (fp32)."""
 
     @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # noqa: D401
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:  # noqa: D401
         b, h, s, _ = q.shape
         out = q.new_empty(b, s, h, v.shape[-1]).transpose(1, 2)  # flash writes (b, s, heads, d)
         lse = q.new_empty(b, h, s, dtype=torch.float32)
-        ctx.save_for_backward(q, k, v, out, lse)
+        # a dense mask reaches the kernel as a float bias in the query's dtype, made and kept at every call
+        bias = [q.new_empty(mask.shape)] if mask is not None else []
+        ctx.save_for_backward(q, k, v, out, lse, *bias)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> Any:
         """What flash attention's backward allocates (the allocator replay runs it): dq, dk, dv, and an
         fp32 dq accumulator and softmax statistics while it runs (FA2)."""
-        q, k, v, _out, _lse = ctx.saved_tensors
+        q, k, v = ctx.saved_tensors[:3]
         b, h, s, d = q.shape
         accum = q.new_empty(b, s, h, d, dtype=torch.float32)
         softmax_d = q.new_empty(b, h, s, dtype=torch.float32)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         del accum, softmax_d
-        return dq, dk, dv
+        return dq, dk, dv, None
 
 
 def _flash_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
@@ -77,6 +80,15 @@ def _flash_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=Fals
         dtype = torch.get_autocast_dtype("cpu")
         query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     return _FlashSaves.apply(query, key, value)
+
+
+def _flash_sdpa_masked(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                       enable_gqa=False, **_kw):
+    """:func:`_flash_sdpa` for a padded batch: the dense mask's float bias is made and kept too."""
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+    return _FlashSaves.apply(query, key, value, attn_mask)
 
 
 @contextlib.contextmanager
