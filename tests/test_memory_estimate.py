@@ -491,6 +491,13 @@ def test_kv_repeat_known_moves_the_term_from_the_bound_into_the_point() -> None:
     assert text.returncode == 0 and "kept by every layer" in text.stdout, text.stderr
     bad = _cli("estimate", "--model", "llama-3.2-3b", "--attn-mask", "sometimes")
     assert bad.returncode == 2 and "--attn-mask" in bad.stderr
+    # measured with padded batches on this CPU, the same bytes the estimate gives for a dense mask
+    same = ("--model", "tiny", "--method", "lora", "--batch", "2", "--seq", "64", "--device", "cpu", "--json")
+    measured = _cli("measure", *same, "--padded")
+    estimated = _cli("estimate", *same, "--attn-mask", "yes")
+    assert measured.returncode == 0 and estimated.returncode == 0, measured.stderr + estimated.stderr
+    acts = json.loads(measured.stdout)["bytes"]["activations"]
+    assert acts == json.loads(estimated.stdout)["bytes"]["activations"] > 0
     text = _cli("estimate", "--model", "llama-3.2-3b", "--batch", "4", "--seq", "768", "--kv-repeat", "yes")
     assert text.returncode == 0 and "repeated to every head" in text.stdout, text.stderr
     bad = _cli("estimate", "--model", "llama-3.2-3b", "--kv-repeat", "maybe")

@@ -48,6 +48,18 @@ def installed_loss_path() -> str:
     if (major, minor) >= (4, 49):
         return "transformers>=4.49"
     return "transformers-4.46" if (major, minor) >= (4, 46) else "transformers<4.46"
+# What each attention route keeps, and the library behaviour it is read from (checked on CPU, torch 2.13 /
+# transformers 5.x; tests/test_memory_groundtruth.py measures the dense-mask route with padded batches).
+ATTENTION_ROUTES = {
+    (False, False): "flash-style SDPA (flash-attention 2, or SDPA without a mask: enable_gqa): q, k, v at the "
+                    "key/value heads, out, logsumexp",
+    (True, False): "K/V repeated to every query head before the kernel, no dense mask (torchtune's attention): "
+                   "q, repeated k and v, out, logsumexp",
+    (True, True): "SDPA handed a dense mask (padded batches through transformers 5.x: use_gqa_in_sdpa is False "
+                  "with a mask, so repeat_kv runs): repeated k and v, and the mask as a float bias per layer "
+                  "(torch's SDPA converts a boolean mask at every call and the kernel keeps it)",
+    (False, True): "SDPA handed a dense mask with K/V at the key/value heads (the mask's float bias per layer)",
+}
 CHUNKED_LOSS_PATH = ("labkit chunked_lm_loss: LM head + cross-entropy on answer positions only, a chunk of rows at "
                      "a time, recomputed in backward (no b*s*V logits)")
 
@@ -290,7 +302,8 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
                            "upper": upper, "assumes": {"loss_path": CHUNKED_LOSS_PATH if loss_chunk and setup.trains
                                                        else LOSS_PATHS[path],
                                                        "keeps_logits": keeps_logits, "kv_repeat": kv_repeat,
-                                                       "attn_mask": attn_mask}})
+                                                       "attn_mask": attn_mask,
+                                                       "attention": ATTENTION_ROUTES[route]}})
 
 
 def _chunked_logits(arch: ArchInfo, setup: MemorySetup, chunk: int,
