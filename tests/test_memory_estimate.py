@@ -181,6 +181,13 @@ def test_advice_finds_a_fit() -> None:
     assert found and any(f.key == "checkpointing" for f in found)
     plan = greedy_plan("llama-3.1-8b", MemorySetup(batch=4, seq=2048, precision="amp-bf16"), 24 * GiB)
     assert plan and plan[-1].fits
+    # what the estimate knows about the run (padded batches here) holds for every candidate too
+    known = {"attn_mask": True}
+    padded = fixes("llama-3.2-1b", setup, 24 * GiB, assumptions=known)
+    ckpt = next(f for f in padded if f.key == "checkpointing")
+    base = estimate("llama-3.2-1b", setup, **known).total
+    assert base > estimate("llama-3.2-1b", setup).total
+    assert ckpt.total == estimate("llama-3.2-1b", ckpt.setup, **known).total and ckpt.saves == base - ckpt.total
 
 
 def test_parse_size() -> None:

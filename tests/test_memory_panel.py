@@ -68,6 +68,26 @@ def test_the_verdict_comes_from_the_upper_bound_not_the_point_estimate() -> None
     assert "Fits: at most" in p.verdict.value and not p.fixes
 
 
+def test_padded_batches_control_moves_the_mask_between_bound_and_point() -> None:
+    """'Padded batches: yes' puts the dense mask (each layer's bias, K/V repeated) in the drawn estimate;
+    'unknown' leaves it to the verdict's bound; the Measure button then runs padded batches too."""
+    p = MemoryPanel("llama-3.2-1b", setup=MemorySetup(method="lora", precision="bf16", batch=4, seq=4096))
+    unknown = p.fig.data[3].y[0]
+    assert "mask bias" in p.verdict.value  # named among the terms the estimate cannot know
+    p.padded.value = "yes"
+    expected = estimate("llama-3.2-1b", p.setup(), attn_mask=True)
+    assert p.fig.data[3].y[0] == pytest.approx(expected.bytes["activations"] / GiB) and p.fig.data[3].y[0] > unknown
+    assert "mask bias" not in p.verdict.value
+    p.padded.value = "no"
+    assert p.fig.data[3].y[0] == pytest.approx(unknown)
+    from labkit.panels.memory import MemoryPanelModel
+
+    alone = MemoryPanelModel("llama-3.2-1b")  # the model without widgets names the field it refuses
+    alone.padded = "sometimes"
+    with pytest.raises(ValueError, match="padded: one of unknown, yes, no"):
+        alone.compute()
+
+
 def test_invalid_input_shows_a_message_not_a_traceback() -> None:
     p = MemoryPanel(toy_config("llama"), setup=MemorySetup(method="lora", batch=2, seq=64))
     assert p.errors == []

@@ -552,7 +552,7 @@ def check_memory(p: Any) -> None:
 
     m = p.model
     widgets_now = tuple(w.value for w in p.controls)
-    model_now = tuple(getattr(m, n) for n in ("model_key", *m.FIELDS, "gpu_gb"))
+    model_now = tuple(getattr(m, n) for n in ("model_key", *m.FIELDS, "gpu_gb", "padded"))
     assert widgets_now == model_now
     if p.errors:
         for msg in p.errors:
@@ -560,7 +560,7 @@ def check_memory(p: Any) -> None:
             assert m_ and m_.group(1).startswith("--"), f"memory message does not name an option: {msg!r}"
             assert any(word in m_.group(2) for word in _ALLOWED), msg
         return
-    result = estimate(m.current_model, m.setup())
+    result = estimate(m.current_model, m.setup(), **m.assumptions)
     bars = [p.fig.data[i].y[0] for i in range(len(COMPONENTS))]
     assert bars == [result.bytes[k] / GiB for k in COMPONENTS] and finite(bars)
     assert p.fig.data[7].y[0] == result.total / GiB
@@ -603,5 +603,6 @@ def _memory_round(p: Any, data: st.DataObject) -> None:
         ("gpus", setter(p.gpus, data.draw(st.sampled_from([0, 1, 3, 8, 16, 64])))),
         ("zero", setter(p.zero, data.draw(st.sampled_from([0, 1, 2, 3])))),
         ("gpu", setter(p.gpu, data.draw(st.sampled_from(GPU_PRESETS)))),
+        ("padded", setter(p.padded, data.draw(st.sampled_from(["unknown", "yes", "no"])))),
     ]
     apply("memory", p, data.draw(st.permutations(ops)), check_memory)

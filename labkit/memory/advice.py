@@ -77,14 +77,18 @@ def candidate_changes(setup: MemorySetup) -> list[tuple[str, str, MemorySetup]]:
     return out
 
 
-def fixes(model: Any, setup: MemorySetup, gpu_mem: int, *, base_total: int | None = None) -> list[Fix]:
-    """Single changes ranked: those that fit first (cheapest first), then by bytes saved."""
+def fixes(model: Any, setup: MemorySetup, gpu_mem: int, *, base_total: int | None = None,
+          assumptions: dict[str, Any] | None = None) -> list[Fix]:
+    """Single changes ranked: those that fit first (cheapest first), then by bytes saved.
+    ``assumptions``: what the estimate knows about the run beyond the setup (``keeps_logits``,
+    ``kv_repeat``, ``attn_mask``, ``loss_path``), the same for every candidate."""
+    known = assumptions or {}
     if base_total is None:
-        base_total = estimate(model, setup).total
+        base_total = estimate(model, setup, **known).total
     found = []
     for key, label, new in candidate_changes(setup):
         try:
-            result = estimate(model, new)
+            result = estimate(model, new, **known)
         except (SetupError, ValueError):
             continue
         total = result.total
@@ -94,16 +98,17 @@ def fixes(model: Any, setup: MemorySetup, gpu_mem: int, *, base_total: int | Non
     return found
 
 
-def greedy_plan(model: Any, setup: MemorySetup, gpu_mem: int, max_steps: int = 5) -> list[Fix]:
+def greedy_plan(model: Any, setup: MemorySetup, gpu_mem: int, max_steps: int = 5,
+                assumptions: dict[str, Any] | None = None) -> list[Fix]:
     """Apply the cheapest biggest-saving change repeatedly until it fits (or nothing helps)."""
     plan: list[Fix] = []
     current = setup
-    first = estimate(model, current)
+    first = estimate(model, current, **(assumptions or {}))
     total, fits = first.total, first.fits(gpu_mem)
     for _ in range(max_steps):
         if fits:
             break
-        options = fixes(model, current, gpu_mem, base_total=total)
+        options = fixes(model, current, gpu_mem, base_total=total, assumptions=assumptions)
         if not options:
             break
         fitting = [f for f in options if f.fits]

@@ -193,8 +193,9 @@ def run_estimate(args: argparse.Namespace) -> int:
             raise SetupError("kv-repeat", "|".join(known), kv)
         if mask not in known:
             raise SetupError("attn-mask", "|".join(known), mask)
-        result = estimate(args.model, setup, activations=method, keeps_logits=loops[loop], loss_chunk=chunk,
-                          loss_path=loss_path, kv_repeat=known[kv], attn_mask=known[mask])
+        assumptions = {"keeps_logits": loops[loop], "loss_chunk": chunk, "loss_path": loss_path,
+                       "kv_repeat": known[kv], "attn_mask": known[mask]}
+        result = estimate(args.model, setup, activations=method, **assumptions)
         if getattr(args, "replay", False):
             if chunk:
                 raise SetupError("replay", "a transformers loss (not with --loop labkit)", "--loop labkit")
@@ -207,7 +208,8 @@ def run_estimate(args: argparse.Namespace) -> int:
     except (SetupError, ArchError, ValueError) as exc:
         return _fail(str(exc))
     if gpu_mem is not None and not result.fits(gpu_mem):
-        result.info["fixes"] = [f.to_dict() | {"text": f.text()} for f in fixes(args.model, setup, gpu_mem)[:5]]
+        result.info["fixes"] = [f.to_dict() | {"text": f.text()}
+                                for f in fixes(args.model, setup, gpu_mem, assumptions=assumptions)[:5]]
     if getattr(args, "calibrate", False):
         from labkit.memory.calibrate import calibrate
 

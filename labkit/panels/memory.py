@@ -42,6 +42,10 @@ register({
     "mem.accum": ("Grad accum", "그래디언트 누적"),
     "mem.ckpt": ("Gradient checkpointing", "그래디언트 체크포인팅"),
     "mem.attn": ("Attention", "어텐션"),
+    "mem.padded": ("Padded batches", "패딩된 배치"),
+    "mem.padded.unknown": ("unknown", "모름"),
+    "mem.padded.yes": ("yes: dense mask", "예: 조밀 마스크"),
+    "mem.padded.no": ("no", "아니요"),
     "mem.mode": ("Mode", "모드"),
     "mem.gen": ("Generate", "생성 토큰"),
     "mem.gpus": ("GPUs", "GPU 수"),
@@ -121,6 +125,10 @@ class MemoryPanelModel(traitlets.HasTraits):
     gpus = traitlets.Int(1)
     zero = traitlets.Int(0)
     gpu_gb = traitlets.Int(24)
+    # not a setup field but what the estimate knows about the batches: padded ones hand SDPA a dense mask
+    # (estimate's attn_mask); "unknown" leaves the mask's bytes to the upper bound
+    padded = traitlets.Unicode("unknown")
+    PADDED = {"unknown": None, "yes": True, "no": False}
     FIELDS = ("method", "rank", "targets", "precision", "optimizer", "batch", "seq", "grad_accum", "checkpointing",
               "attn", "mode", "gen_len", "gpus", "zero")
 
@@ -144,6 +152,13 @@ class MemoryPanelModel(traitlets.HasTraits):
         """The chosen GPU's memory in bytes."""
         return int(self.gpu_gb * GiB)
 
+    @property
+    def assumptions(self) -> dict[str, Any]:
+        """What the estimate knows beyond the setup (:func:`labkit.memory.estimate.estimate` keywords)."""
+        if self.padded not in self.PADDED:
+            raise ValueError(f"padded: one of {', '.join(self.PADDED)}; got {self.padded!r}")
+        return {"attn_mask": self.PADDED[self.padded]}
+
     def setup(self, **changes: Any) -> MemorySetup:
         """The setup the state describes (``changes`` override; raises SetupError if invalid)."""
         values = {f: getattr(self, f) for f in self.FIELDS}
@@ -160,7 +175,7 @@ class MemoryPanelModel(traitlets.HasTraits):
         xs, ys = [], []
         for v in values:
             try:
-                ys.append(estimate(model, setup.replace(**{field: v})).total / GiB)
+                ys.append(estimate(model, setup.replace(**{field: v}), **self.assumptions).total / GiB)
                 xs.append(v)
             except (SetupError, ValueError):
                 pass
@@ -170,12 +185,13 @@ class MemoryPanelModel(traitlets.HasTraits):
         """The estimate, the curves and the fixes for this state (SetupError/ArchError/ValueError if invalid)."""
         setup = self.setup()
         model = self.current_model
-        result = estimate(model, setup)
+        known = self.assumptions
+        result = estimate(model, setup, **known)
         return {
             "setup": setup, "result": result,
             "seq_curve": self.curve(setup, "seq", SEQ_CHOICES),
             "batch_curve": self.curve(setup, "batch", BATCH_CURVE),
-            "fixes": fixes(model, setup, self.gpu_bytes, base_total=result.total)
+            "fixes": fixes(model, setup, self.gpu_bytes, base_total=result.total, assumptions=known)
             if not result.fits(self.gpu_bytes) else [],
             "formula": formula_lines(model, setup, result),
         }
@@ -184,7 +200,8 @@ class MemoryPanelModel(traitlets.HasTraits):
         """Run ``steps`` real steps of this setup on ``device`` (MeasureRefused if it would not fit)."""
         from labkit.memory.measure import measure
 
-        return measure(self.current_model, self.setup(device=self.device), steps=steps, device=self.device)
+        return measure(self.current_model, self.setup(device=self.device), steps=steps, device=self.device,
+                       padded=self.padded == "yes")
 
     def calibrate(self, steps: int = 2) -> Calibration:
         """``steps`` real steps at two short lengths on ``device``, the residual fitted and extrapolated
@@ -237,6 +254,8 @@ class MemoryPanel(Panel):
                                             continuous_update=False)
         self.checkpointing = widgets.Checkbox(value=m.checkpointing, description=t("mem.ckpt"), indent=False)
         self.attn = widgets.Dropdown(options=list(ATTN), value=m.attn, description=t("mem.attn"))
+        self.padded = widgets.Dropdown(options=[(t(f"mem.padded.{k}"), k) for k in MemoryPanelModel.PADDED],
+                                       value=m.padded, description=t("mem.padded"))
         self.mode = widgets.Dropdown(options=list(MODES), value=m.mode, description=t("mem.mode"))
         self.gen_len = widgets.IntSlider(value=m.gen_len, min=0, max=8192, step=64, description=t("mem.gen"),
                                          continuous_update=False)
@@ -256,8 +275,8 @@ class MemoryPanel(Panel):
         self.fig = go.FigureWidget(self._empty_figure())
         self.controls = (self.model_dd, self.method, self.rank, self.targets, self.precision, self.optimizer,
                          self.batch, self.seq, self.grad_accum, self.checkpointing, self.attn, self.mode,
-                         self.gen_len, self.gpus, self.zero, self.gpu)
-        for w, name in zip(self.controls, ("model_key", *MemoryPanelModel.FIELDS, "gpu_gb")):
+                         self.gen_len, self.gpus, self.zero, self.gpu, self.padded)
+        for w, name in zip(self.controls, ("model_key", *MemoryPanelModel.FIELDS, "gpu_gb", "padded")):
             link(w, m, name)
         m.observe(lambda _c: self.update(), names=traitlets.All)
         self.measure_button.on_click(lambda _b: self.run_measure())
@@ -266,7 +285,7 @@ class MemoryPanel(Panel):
         self.update()
         self.widget = widgets.VBox([
             widgets.HBox([self.model_dd, self.method, self.rank, self.targets]),
-            widgets.HBox([self.precision, self.optimizer, self.attn, self.mode]),
+            widgets.HBox([self.precision, self.optimizer, self.attn, self.padded, self.mode]),
             widgets.HBox([self.batch, self.seq, self.grad_accum, self.checkpointing]),
             widgets.HBox([self.gen_len, self.gpus, self.zero, self.gpu]),
             widgets.HBox([self.measure_button, self.calibrate_button, self.trace_button]),
