@@ -66,7 +66,9 @@ PADDED = [("llama", dict(method="full", precision="fp32")), ("qwen2", dict(metho
           ("phi3", dict(method="lora", precision="amp-bf16")), ("gemma2", dict(method="full", precision="bf16")),
           ("gpt2", dict(method="full", precision="fp32", checkpointing=True)),
           ("phi3", dict(method="full", precision="fp32")),
-          ("llama", dict(method="qlora", precision="amp-bf16", compute_dtype="bf16", targets="all-linear"))]
+          ("llama", dict(method="qlora", precision="amp-bf16", compute_dtype="bf16", targets="all-linear")),
+          # GPT-2 QLoRA under autocast: bnb's c_proj returns the attention's half output, so its dropout mask is half
+          ("gpt2", dict(method="qlora", precision="amp-bf16", compute_dtype="bf16", targets="all-linear"))]
 
 
 @pytest.mark.parametrize("family,kw", PADDED, ids=[f"{f}-{kw['method']}-{kw['precision']}" for f, kw in PADDED])
@@ -77,7 +79,8 @@ def test_padded_batches_match_the_dense_mask_route(family: str, kw: dict) -> Non
         padded = measure(arch.config, setup, steps=2, device="cpu", check_fits=False, padded=True)
         est = estimate(arch, setup, attn_mask=True)
         acts = padded.bytes["activations"]
-        assert abs(est.bytes["activations"] - acts) <= TOLERANCE * acts, (batch, seq, est.bytes["activations"], acts)
+        # exact today (0.00 %): held to 0.1 %, so a route or dtype the walk gets wrong by a single tensor shows
+        assert abs(est.bytes["activations"] - acts) <= 0.001 * acts, (batch, seq, est.bytes["activations"], acts)
         if family == "llama" and kw["method"] == "full":  # the route adds bytes there: the test can tell
             plain = estimate(arch, setup, attn_mask=False)
             assert est.bytes["activations"] - plain.bytes["activations"] > TOLERANCE * acts

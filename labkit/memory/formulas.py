@@ -368,7 +368,8 @@ def _block_gpt2(w: _Walk, l: int) -> None:
     o_in = f"{P}.attn_merged" if eager else f"{P}.attn_out"
     o_bytes = 4 if (w.amp and eager and w.cpu and s.attn != "eager") else ob  # CPU autocast: SDPA in fp32
     o_req = w.linear(f"{P}.c_proj", "attn.c_proj", o_in, o_bytes, h, h, qkv_req)
-    w.dropout(f"{P}.resid_drop1", p_resid, w.tok * h, ob, o_req)
+    # bnb's 4-bit layer returns its input's dtype: under autocast the attention's output is half, so is c_proj's
+    w.dropout(f"{P}.resid_drop1", p_resid, w.tok * h, 2 if (w.qlora and w.amp) else ob, o_req)
     req2 = x_req or o_req
     w.layernorm(f"{P}.ln2", f"{P}.x2", sb, req2)
     fc_req = w.linear(f"{P}.c_fc", "mlp.c_fc", f"{P}.ln2.out", sb, h, i, req2)
