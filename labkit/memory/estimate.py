@@ -8,6 +8,7 @@ checkpointed block's recomputation, and the optimizer step (gradients + states +
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from typing import Any
 
 from labkit.memory import formulas as F
@@ -64,6 +65,31 @@ CHUNKED_LOSS_PATH = ("labkit chunked_lm_loss: LM head + cross-entropy on answer 
                      "a time, recomputed in backward (no b*s*V logits)")
 
 
+_WALKS: "OrderedDict[tuple, tuple[ArchInfo, F.Inventory]]" = OrderedDict()
+
+
+def _inventory(arch: ArchInfo, setup: MemorySetup, route: tuple[bool, bool]) -> F.Inventory:
+    """:func:`formulas.activation_inventory`, walked once per (architecture, setup, route): one estimate
+    needs the same block walk up to three times (the saved tensors, the last block's backward, the
+    recomputed block), and the memory panel's curves ask for dozens of estimates per control change.
+    The inventory returned is shared: read it, do not change it."""
+    key = (id(arch), setup, route)
+    hit = _WALKS.get(key)
+    if hit is not None and hit[0] is arch:  # the same object, not a new one at a recycled id
+        _WALKS.move_to_end(key)
+        return hit[1]
+    inv = F.activation_inventory(arch, setup, *route)
+    _WALKS[key] = (arch, inv)
+    if len(_WALKS) > 32:
+        _WALKS.popitem(last=False)
+    return inv
+
+
+def _layer_bytes(arch: ArchInfo, setup: MemorySetup, route: tuple[bool, bool]) -> int:
+    """One block's saved bytes without checkpointing (what a checkpointed backward recomputes)."""
+    return _inventory(arch, setup.replace(checkpointing=False), route).total(f"L{arch.layers - 1}.")
+
+
 def _arch(model: Any) -> ArchInfo:
     return model if isinstance(model, ArchInfo) else arch_info(model)
 
@@ -107,7 +133,7 @@ def transients(arch: ArchInfo, setup: MemorySetup, keeps_logits: bool = False,
             kept_b = 4 if loss_path == "transformers<4.46" else logits_dtype_bytes(setup)
             out["kept_logits"] = tok * V * kept_b
         if setup.checkpointing and arch.family is not None:
-            out["recompute"] = F.layer_inventory_bytes(arch, setup, *route)
+            out["recompute"] = _layer_bytes(arch, setup, route)
         if arch.family is not None:
             out.update(backward_layer_terms(arch, setup, route))
         n = F.trainable_params(arch, setup)
@@ -162,10 +188,10 @@ def backward_layer_terms(arch: ArchInfo, setup: MemorySetup,
     ckpt_in = tok * h * sb if setup.checkpointing else 0
     # the recomputed block's first norm saves its input itself when it is already fp32: that storage is
     # the checkpoint's saved input, counted once
-    inv = F.activation_inventory(arch, setup.replace(checkpointing=False)).items
+    inv = _inventory(arch, setup.replace(checkpointing=False), route).items
     dup = ckpt_in if f"L{arch.layers - 1}.x" in inv else 0
     return {"bwd_layer_temp": temp, "grad_block": g_block, "ckpt_input": ckpt_in, "ckpt_dup": dup, "grad_head": g_head, "grad_embed_last": g_embed_last,
-            "layer_saved": F.layer_inventory_bytes(arch, setup, *route)}
+            "layer_saved": _layer_bytes(arch, setup, route)}
 
 
 def moments_from(comp: dict[str, int], setup: MemorySetup, transient: dict[str, int] | None = None) -> dict[str, int]:
@@ -216,7 +242,7 @@ def activation_bytes(arch: ArchInfo, setup: MemorySetup, method: str = "formula"
         if route[1] and layers:
             out["mask_bias"] = layers * mask_bias_layer_bytes(arch, setup)
         return out, traced["logits"]
-    return dict(F.activation_inventory(arch, setup, *route).items), sum(F.logits_bytes(arch, setup).values())
+    return dict(_inventory(arch, setup, route).items), sum(F.logits_bytes(arch, setup).values())
 
 
 def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
