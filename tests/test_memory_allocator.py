@@ -124,6 +124,24 @@ def test_step_replay_with_repeated_kv_adds_what_the_estimate_adds() -> None:
     assert masked["allocated"] - grouped["allocated"] == added > repeated["allocated"] - grouped["allocated"]
 
 
+def test_label_smoothing_replay_matches_the_estimate_under_cuda_autocast() -> None:
+    """The replay runs LabelSmoother's ops with log_softmax in fp32 under autocast (CUDA's fp32 list; the CPU
+    live-tensor test covers CPU autocast, which keeps bf16): its allocated peak is the estimate's within 1 %."""
+    from labkit.memory.estimate import estimate
+    from labkit.memory.reserved import simulate
+    from labkit.memory.setup import MemorySetup
+    from labkit.memory.toy import toy_config
+
+    cfg = toy_config("llama", vocab_size=8192)
+    setup = MemorySetup(device="cuda", method="lora", precision="amp-bf16", compute_dtype="bf16", batch=2, seq=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sim = simulate(cfg, setup, loss_path="trainer-label-smoothing")
+    est = estimate(cfg, setup, keeps_logits=False, loss_path="trainer-label-smoothing")
+    assert abs(sim["allocated"] - est.peak) <= 0.01 * est.peak, (sim["allocated"], est.peak)
+    assert est.peak > estimate(cfg, setup, keeps_logits=False).peak  # fp32 log-probs kept twice cost more here
+
+
 def test_cli_replay_and_loss_path() -> None:
     """``labkit estimate --replay`` adds the replay's figures (JSON and text); ``--loss-path`` is checked."""
     import json

@@ -71,8 +71,9 @@ def add_estimate_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "through PyTorch's caching-allocator rules: allocated, reserved, and the smallest card "
                         "the steps fit (seconds; no memory used)")
     p.add_argument("--loss-path", default=None,
-                   help="transformers>=4.49|transformers-4.46|transformers<4.46: the transformers loss the run "
-                        "takes (default: the installed version's)")
+                   help="transformers>=4.49|transformers-4.46|transformers<4.46|trainer-label-smoothing: the "
+                        "transformers loss the run takes (default: the installed version's; trainer-label-smoothing: "
+                        "HF Trainer with label_smoothing_factor > 0)")
     p.set_defaults(func=run_estimate)
     return p
 

@@ -32,7 +32,29 @@ LOSS_PATHS = {
                           "the model's half logits stay alive through the loss"),
     "transformers<4.46": ("transformers <= 4.45: the model returns fp32 logits (lm_head(...).float(), the half "
                           "logits freed), the loss makes a contiguous shifted copy (batch > 1), log_softmax on it"),
+    "trainer-label-smoothing": ("HF Trainer with label_smoothing_factor > 0 (trainer_pt_utils.LabelSmoother, "
+                                "checked on 5.x): the model returns logits in the compute dtype, the smoother makes "
+                                "a shifted copy (batch > 1) and log_probs = -log_softmax(shifted) — kept by "
+                                "log_softmax and by gather, two (b·(s-1), V) tensors in the logits' dtype (fp32 "
+                                "under CUDA autocast, whose fp32 list holds log_softmax); its backward adds "
+                                "gather's zeros, scatter_add's result and the sum's gradient cast to that dtype"),
 }
+LABEL_SMOOTHING = "trainer-label-smoothing"
+
+
+def log_probs_bytes(setup: MemorySetup) -> int:
+    """Bytes per element of LabelSmoother's log-probabilities: the logits' dtype, except under CUDA autocast
+    (log_softmax is on its fp32 list; CPU autocast leaves it in bf16 — measured)."""
+    return 4 if (setup.amp and setup.device == "cuda") else logits_dtype_bytes(setup)
+
+
+def label_smoothing_saved(arch: ArchInfo, setup: MemorySetup) -> int:
+    """What LabelSmoother keeps for backward: log_softmax's output and the negated log_probs gather keeps
+    (b·(s-1), V each), the clamped labels, and Gemma-2's softcap tanh from the model's head."""
+    shifted = setup.batch * max(0, setup.seq - 1)
+    out = 2 * shifted * arch.vocab * log_probs_bytes(setup) + shifted * 8
+    out += F.logits_bytes(arch, setup).get("softcap_tanh", 0)
+    return out
 
 
 @functools.lru_cache(maxsize=1)
@@ -126,9 +148,16 @@ def transients(arch: ArchInfo, setup: MemorySetup, keeps_logits: bool = False,
             out["live_logits"] = F.logits_live_bytes(arch, setup)
         elif loss_path == "transformers-4.46":
             out["live_logits"] = F.logits_live_bytes(arch, setup) + shifted
+        elif loss_path == LABEL_SMOOTHING:  # the model's logits + the smoother's shifted copy (their dtype)
+            ld, lp = logits_dtype_bytes(setup), log_probs_bytes(setup)
+            out["live_logits"] = tok * V * ld + (shifted // 4 * ld)
         else:  # the fp32 logits the model returns + the shifted copy (the half logits are gone by then)
             out["live_logits"] = tok * V * 4 + shifted
-        out["dlogits"] = tok * V * 8  # grad into log_softmax + grad it writes (both fp32)
+        if loss_path == LABEL_SMOOTHING:  # gather's zeros + scatter_add's result (+ the sum's cast gradient)
+            rows = setup.batch * max(0, setup.seq - 1) * V
+            out["dlogits"] = rows * (2 * lp + (lp if lp < 4 else 0))
+        else:
+            out["dlogits"] = tok * V * 8  # grad into log_softmax + grad it writes (both fp32)
         if keeps_logits:
             kept_b = 4 if loss_path == "transformers<4.46" else logits_dtype_bytes(setup)
             out["kept_logits"] = tok * V * kept_b
@@ -297,6 +326,8 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
         acts, L = activation_bytes(arch, setup, activations, route)
     else:
         acts, L = {}, sum(F.logits_bytes(arch, setup).values())
+    if path == LABEL_SMOOTHING and setup.trains:
+        L = label_smoothing_saved(arch, setup)
     A = sum(acts.values())
     kv = F.kv_cache_bytes(arch, setup)
     comp = {"weights": W, "gradients": G, "optimizer": O, "activations": A, "logits": L, "kv_cache": kv}

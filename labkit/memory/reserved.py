@@ -115,6 +115,8 @@ def _loss(net: nn.Module, ids: torch.Tensor, loss_path: str, vocab: int) -> tupl
         out = net(input_ids=ids, labels=ids, use_cache=False)
         return out.loss, out.logits
     out = net(input_ids=ids, use_cache=False)
+    if loss_path == "trainer-label-smoothing":
+        return _label_smoothing_loss(out.logits, ids), out.logits
     if loss_path == "transformers-4.46":  # the model's frame holds its half logits while the loss runs
         logits = out.logits.float()
         shift = logits[..., :-1, :].contiguous()
@@ -124,6 +126,24 @@ def _loss(net: nn.Module, ids: torch.Tensor, loss_path: str, vocab: int) -> tupl
     del out
     shift = logits[..., :-1, :].contiguous()
     return nnf.cross_entropy(shift.view(-1, vocab), ids[..., 1:].contiguous().view(-1)), logits
+
+
+def _label_smoothing_loss(logits: torch.Tensor, ids: torch.Tensor, epsilon: float = 0.1) -> torch.Tensor:
+    """transformers' ``LabelSmoother(epsilon)(out, labels, shift_labels=True)`` (trainer_pt_utils), op for op,
+    except that under autocast log_softmax gets an fp32 input, as CUDA autocast's fp32 list gives it (CPU
+    autocast, where the replay runs, would leave it in bf16)."""
+    shift = logits[..., :-1, :].contiguous()
+    labels = ids[..., 1:].contiguous().unsqueeze(-1)
+    x = shift.float() if torch.is_autocast_enabled("cpu") else shift
+    log_probs = -torch.nn.functional.log_softmax(x, dim=-1)
+    padding = labels.eq(-100)
+    labels = torch.clamp(labels, min=0)
+    nll = log_probs.gather(dim=-1, index=labels)
+    smoothed = log_probs.sum(dim=-1, keepdim=True, dtype=torch.float32)
+    nll.masked_fill_(padding, 0.0)
+    smoothed.masked_fill_(padding, 0.0)
+    n = padding.numel() - padding.long().sum()
+    return (1 - epsilon) * nll.sum() / n + epsilon * smoothed.sum() / (n * log_probs.shape[-1])
 
 
 def _static_sizes(arch: ArchInfo, setup: MemorySetup) -> list[int]:
