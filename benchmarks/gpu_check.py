@@ -10,6 +10,8 @@ rewritten after every part so finished results are never lost):
 
 * ``memory``: ``memory_accuracy.py --device cuda`` — the estimate vs ``torch.cuda.max_memory_allocated``
   and ``max_memory_reserved`` over the toy grid (five architectures × full/LoRA/QLoRA × batch/seq);
+* ``memory_padded``: the same grid with padded batches (``--padded``: SDPA handed a dense mask, against
+  ``estimate(attn_mask=True)``) — whether CUDA's memory-efficient kernel keeps what the CPU kernel keeps;
 * ``precision``: ``mixed_precision.py --device cuda`` — fp32, fp16 without and with loss scaling,
   bf16 autocast and pure bf16 on the same fine-tune (inf/NaN steps, skipped steps, time, memory);
 * ``vs_trainer``: ``vs_hf_trainer.py --device cuda`` — labkit's engine vs ``transformers.Trainer`` +
@@ -36,8 +38,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-PARTS = ("memory", "precision", "vs_trainer", "lab")
-SHARE = {"memory": 0.25, "precision": 0.2, "vs_trainer": 0.3, "lab": 0.25}  # of the budget
+PARTS = ("memory", "memory_padded", "precision", "vs_trainer", "lab")
+SHARE = {"memory": 0.15, "memory_padded": 0.1, "precision": 0.2, "vs_trainer": 0.3, "lab": 0.25}  # of the budget
 
 
 def smollm2_available() -> bool:
@@ -55,6 +57,8 @@ def plan(parts: list[str], work: Path, lab: str, have_smollm2: bool) -> dict[str
     commands = {
         "memory": ([py, str(HERE / "memory_accuracy.py"), "--device", "cuda", "--no-trace", "--steps", "2",
                     "--json", str(work / "memory.json")], work / "memory.json"),
+        "memory_padded": ([py, str(HERE / "memory_accuracy.py"), "--device", "cuda", "--padded", "--steps", "2",
+                           "--json", str(work / "memory_padded.json")], work / "memory_padded.json"),
         "precision": ([py, str(HERE / "mixed_precision.py"), "--device", "cuda", "--steps", "30",
                        "--out", str(work / "precision.json")], work / "precision.json"),
         "vs_trainer": ([py, str(HERE / "vs_hf_trainer.py"), "--device", "cuda", "--models", models,
