@@ -190,7 +190,7 @@ def replay(row: Row) -> dict[str, Any]:
     from labkit.memory.setup import MemorySetup
 
     sim = simulate(row.model, MemorySetup(device="cuda", **row.setup), loss_path=row.loss_path,
-                   keeps_logits=bool(row.keeps_logits), kv_repeat=bool(row.kv_repeat),
+                   keeps_logits=bool(row.keeps_logits), kv_repeat=row.kv_repeat,
                    attn_mask=bool(row.attn_mask))
     value = {"reserved": sim["reserved"], "active": sim["allocated"],
              "limit": sim["needs"] + CUDA_CONTEXT}[row.kind] / GiB

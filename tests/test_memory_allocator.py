@@ -117,11 +117,14 @@ def test_step_replay_with_repeated_kv_adds_what_the_estimate_adds() -> None:
         warnings.simplefilter("ignore")
         grouped, repeated = simulate(cfg, setup), simulate(cfg, setup, kv_repeat=True)
         masked = simulate(cfg, setup, attn_mask=True)  # a padded batch: the dense mask's bias too
+        bias_only = simulate(cfg, setup, attn_mask=True, kv_repeat=False)  # a mask, K/V kept grouped
     base = estimate(cfg, setup, keeps_logits=False).peak
     added = estimate(cfg, setup, keeps_logits=False, kv_repeat=True).peak - base
     assert added > 0 and repeated["allocated"] - grouped["allocated"] == added
     added = estimate(cfg, setup, keeps_logits=False, attn_mask=True).peak - base
     assert masked["allocated"] - grouped["allocated"] == added > repeated["allocated"] - grouped["allocated"]
+    added = estimate(cfg, setup, keeps_logits=False, attn_mask=True, kv_repeat=False).peak - base
+    assert bias_only["allocated"] - grouped["allocated"] == added > 0
 
 
 def test_label_smoothing_replay_matches_the_estimate_under_cuda_autocast() -> None:

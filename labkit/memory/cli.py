@@ -204,7 +204,7 @@ def run_estimate(args: argparse.Namespace) -> int:
             from labkit.memory.reserved import simulate
 
             sim = simulate(args.model, setup, loss_path=loss_path, keeps_logits=bool(loops[loop]),
-                           kv_repeat=bool(known[kv]), attn_mask=bool(known[mask]))
+                           kv_repeat=known[kv], attn_mask=bool(known[mask]))
             result.info["replay"] = {**sim, "card": sim["needs"] + CUDA_CONTEXT}
     except (SetupError, ArchError, ValueError) as exc:
         return _fail(str(exc))

@@ -181,13 +181,13 @@ def _optimizer_sizes(arch: ArchInfo, setup: MemorySetup) -> list[int]:
 
 
 def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str | None = None,
-                keeps_logits: bool = False, kv_repeat: bool = False,
+                keeps_logits: bool = False, kv_repeat: bool | None = None,
                 attn_mask: bool = False) -> list[tuple[str, int, int]]:
     """Alloc/free events of ``steps`` training steps of ``setup`` (fake tensors at full size), after the
     static allocations (weights, adapters) and with the optimizer states made at the first step.
     ``keeps_logits``: the loop holds the model output until the next step's forward rebinds it.
     ``kv_repeat``: attention repeats GQA's K/V to every query head first, as transformers' SDPA path does
-    when it is handed an attention mask (``use_gqa_in_sdpa`` is False: padded batches).
+    when it is handed an attention mask (``use_gqa_in_sdpa`` is False: padded batches); None: exactly then.
     ``attn_mask``: a padded batch — transformers builds the dense (b, 1, s, s) mask and hands it to every
     layer's SDPA, which keeps it as a float bias (and, through ``kv_repeat``, repeats K/V)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -209,7 +209,8 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
 
     orig_sdpa = nnf.scaled_dot_product_attention
     attn = setup.attn if arch.sdpa_supported else "eager"  # eager: the real s x s probabilities, as on the GPU
-    kv_repeat = kv_repeat or attn_mask  # transformers' SDPA path repeats K/V whenever it is handed a mask
+    if kv_repeat is None:
+        kv_repeat = attn_mask  # transformers' SDPA path repeats K/V whenever it is handed a mask
     masks = _dense_mask() if attn_mask else _no_mask_materialisation()
     with FakeTensorMode(allow_non_fake_inputs=True), masks, _quiet(), \
             _overwrite_params_on_conversion(), _gqa_in_sdpa(not kv_repeat):
@@ -291,7 +292,7 @@ def _gqa_in_sdpa(enabled: bool):
 
 
 def simulate(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str | None = None,
-             keeps_logits: bool = False, kv_repeat: bool = False, attn_mask: bool = False) -> dict[str, int]:
+             keeps_logits: bool = False, kv_repeat: bool | None = None, attn_mask: bool = False) -> dict[str, int]:
     """The caching allocator over ``steps`` steps: ``allocated`` and ``reserved`` peaks (what
     ``max_memory_allocated`` / ``max_memory_reserved`` report on a card with room to spare),
     ``needs`` (the least the allocator must be allowed to reserve for the steps to run: on a card
