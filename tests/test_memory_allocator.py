@@ -100,6 +100,16 @@ def test_step_replay_allocated_peak_matches_the_estimate() -> None:
             est = estimate(cfg, setup, keeps_logits=False)
             assert abs(sim["allocated"] - est.peak) <= 0.02 * est.peak, (setup, sim, est.peak)
             assert sim["allocated"] <= sim["needs"] <= sim["reserved"]
+        # full fine-tuning at a short length: the step's end sets the peak — with a small vocabulary the
+        # optimizer step (foreach AdamW's temporaries, one per parameter; the replay runs that step too), with
+        # a large one the tied embedding's gradients summed into a third V x h tensor
+        setup = MemorySetup(device="cuda", method="full", precision="fp32", batch=1, seq=32)
+        for vocab, moment in ((512, "optimizer_step"), (8192, "backward_embedding")):
+            toy = toy_config("llama", vocab_size=vocab)
+            sim = simulate(toy, setup)
+            est = estimate(toy, setup, keeps_logits=False)
+            assert est.info["peak_moment"] == moment
+            assert abs(sim["allocated"] - est.peak) <= 0.02 * est.peak, (vocab, sim, est.peak)
 
 
 def test_step_replay_with_repeated_kv_adds_what_the_estimate_adds() -> None:

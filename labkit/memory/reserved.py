@@ -180,6 +180,18 @@ def _optimizer_sizes(arch: ArchInfo, setup: MemorySetup) -> list[int]:
     return out
 
 
+def _step_temporaries(arch: ArchInfo, setup: MemorySetup) -> list[int]:
+    """The optimizer step's temporaries, as the estimate's ``optimizer_temp`` counts them: with torch's
+    foreach AdamW or SGD on CUDA one tensor per trainable parameter, all alive at once; bitsandbytes'
+    8-bit optimizers update in place."""
+    from labkit.memory import formulas as F
+
+    if setup.optimizer not in ("adamw", "sgd") or setup.device != "cuda":
+        return []
+    b = F.trainable_bytes_per_param(setup)
+    return [n * b for n in F._trainable_numels(arch, setup)]
+
+
 def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str | None = None,
                 keeps_logits: bool = False, kv_repeat: bool | None = None,
                 attn_mask: bool = False) -> list[tuple[str, int, int]]:
@@ -255,6 +267,13 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
                     for n in _optimizer_sizes(arch, setup):
                         rec.events.append(("alloc", next_static, n))
                         next_static -= 1
+                # the step itself: torch's foreach AdamW/SGD (CUDA's default) makes one temporary per
+                # parameter at once (e.g. _foreach_sqrt of the second moments) and frees them together
+                temps = _step_temporaries(arch, setup)
+                for i, n in enumerate(temps):
+                    rec.events.append(("alloc", next_static - i, n))
+                rec.events += [("free", next_static - i, 0) for i in range(len(temps))]
+                next_static -= len(temps)
                 for prm in trainable:  # zero_grad(set_to_none=True)
                     prm.grad = None
             del kept
