@@ -190,10 +190,9 @@ def run_estimate(args: argparse.Namespace) -> int:
             raise SetupError("loss-path", "|".join(LOSS_PATHS), loss_path)
         known = {"unknown": None, "yes": True, "no": False}
         kv, mask = getattr(args, "kv_repeat", "unknown"), getattr(args, "attn_mask", "unknown")
-        if kv not in known:
-            raise SetupError("kv-repeat", "|".join(known), kv)
-        if mask not in known:
-            raise SetupError("attn-mask", "|".join(known), mask)
+        for option, value in (("kv-repeat", kv), ("attn-mask", mask)):
+            if value not in known:
+                raise SetupError(option, "|".join(known), value)
         assumptions = {"keeps_logits": loops[loop], "loss_chunk": chunk, "loss_path": loss_path,
                        "kv_repeat": known[kv], "attn_mask": known[mask]}
         result = estimate(args.model, setup, activations=method, **assumptions)

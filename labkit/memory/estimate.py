@@ -141,21 +141,21 @@ def transients(arch: ArchInfo, setup: MemorySetup, keeps_logits: bool = False,
     tok, V = setup.batch * setup.seq, arch.vocab
     out: dict[str, int] = {}
     if setup.trains:
-        # logits[..., :-1, :].contiguous() in fp32: a copy only with several rows (with one row the slice
-        # is contiguous already and .contiguous() returns it; the allocator replay showed this)
-        shifted = setup.batch * max(0, setup.seq - 1) * V * 4 if setup.batch > 1 else 0
+        # logits[..., :-1, :].contiguous(): a copy only with several rows (with one row the slice is
+        # contiguous already and .contiguous() returns it; the allocator replay showed this)
+        shifted = setup.batch * max(0, setup.seq - 1) * V  # elements of the shifted logits
+        copied = shifted if setup.batch > 1 else 0
         if loss_path == "transformers>=4.49":
             out["live_logits"] = F.logits_live_bytes(arch, setup)
         elif loss_path == "transformers-4.46":
-            out["live_logits"] = F.logits_live_bytes(arch, setup) + shifted
+            out["live_logits"] = F.logits_live_bytes(arch, setup) + copied * 4
         elif loss_path == LABEL_SMOOTHING:  # the model's logits + the smoother's shifted copy (their dtype)
             ld, lp = logits_dtype_bytes(setup), log_probs_bytes(setup)
-            out["live_logits"] = tok * V * ld + (shifted // 4 * ld)
+            out["live_logits"] = (tok * V + copied) * ld
         else:  # the fp32 logits the model returns + the shifted copy (the half logits are gone by then)
-            out["live_logits"] = tok * V * 4 + shifted
+            out["live_logits"] = (tok * V + copied) * 4
         if loss_path == LABEL_SMOOTHING:  # gather's zeros + scatter_add's result (+ the sum's cast gradient)
-            rows = setup.batch * max(0, setup.seq - 1) * V
-            out["dlogits"] = rows * (2 * lp + (lp if lp < 4 else 0))
+            out["dlogits"] = shifted * (2 * lp + (lp if lp < 4 else 0))
         else:
             out["dlogits"] = tok * V * 8  # grad into log_softmax + grad it writes (both fp32)
         if keeps_logits:

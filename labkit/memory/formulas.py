@@ -433,14 +433,6 @@ def activation_inventory(arch: ArchInfo, setup: MemorySetup, repeat_kv: bool = F
     return w.inv
 
 
-def layer_inventory_bytes(arch: ArchInfo, setup: MemorySetup, repeat_kv: bool = False,
-                          dense_mask: bool = False) -> int:
-    """One block's saved bytes without checkpointing (what a checkpointed backward recomputes)."""
-    inv = activation_inventory(arch, setup.replace(checkpointing=False), repeat_kv, dense_mask)
-    last = arch.layers - 1
-    return inv.total(f"L{last}.")
-
-
 def logits_bytes(arch: ArchInfo, setup: MemorySetup) -> dict[str, int]:
     """The loss head: log_softmax keeps (b·s, V) fp32; Gemma-2's softcap keeps tanh(logits/c).
     Inference (generate): only the last position's logits, b·V in the model's dtype."""

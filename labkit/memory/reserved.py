@@ -207,8 +207,8 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
 
     from labkit.memory.estimate import installed_loss_path
     from labkit.train.step import StepSettings, backpropagate, scaler_for
-    from labkit.memory.trace import (_flash_sdpa, _flash_sdpa_masked, _no_mask_materialisation,
-                                     _overwrite_params_on_conversion, _quiet, _swap_4bit)
+    from labkit.memory.trace import (_causal_mask, _flash_sdpa, _flash_sdpa_masked, _overwrite_params_on_conversion,
+                                     _quiet, _swap_4bit)
 
     arch = model if isinstance(model, ArchInfo) else arch_info(model)
     path = loss_path or installed_loss_path()
@@ -223,8 +223,7 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
     attn = setup.attn if arch.sdpa_supported else "eager"  # eager: the real s x s probabilities, as on the GPU
     if kv_repeat is None:
         kv_repeat = attn_mask  # transformers' SDPA path repeats K/V whenever it is handed a mask
-    masks = _dense_mask() if attn_mask else _no_mask_materialisation()
-    with FakeTensorMode(allow_non_fake_inputs=True), masks, _quiet(), \
+    with FakeTensorMode(allow_non_fake_inputs=True), _causal_mask(padded=attn_mask), _quiet(), \
             _overwrite_params_on_conversion(), _gqa_in_sdpa(not kv_repeat):
         import copy
 
@@ -280,20 +279,6 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
         finally:
             nnf.scaled_dot_product_attention = orig_sdpa
     return events + rec.events
-
-
-@contextlib.contextmanager
-def _dense_mask():
-    """A padded batch: transformers cannot skip the causal mask, so it builds the dense one."""
-    import transformers.masking_utils as mu
-
-    orig, orig_packed = mu._ignore_causal_mask_sdpa, mu.find_packed_sequence_indices
-    mu._ignore_causal_mask_sdpa = lambda *a, **k: False
-    mu.find_packed_sequence_indices = lambda *a, **k: None  # one sequence per row, padded
-    try:
-        yield
-    finally:
-        mu._ignore_causal_mask_sdpa, mu.find_packed_sequence_indices = orig, orig_packed
 
 
 @contextlib.contextmanager

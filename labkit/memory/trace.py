@@ -74,21 +74,22 @@ class _FlashSaves(torch.autograd.Function):
         return dq, dk, dv, None
 
 
-def _flash_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
-                enable_gqa=False, **_kw):
+def _flash(query, key, value, mask=None):
     if torch.is_autocast_enabled("cpu"):
         dtype = torch.get_autocast_dtype("cpu")
         query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
-    return _FlashSaves.apply(query, key, value)
+    return _FlashSaves.apply(query, key, value, mask)
+
+
+def _flash_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                enable_gqa=False, **_kw):
+    return _flash(query, key, value)
 
 
 def _flash_sdpa_masked(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                        enable_gqa=False, **_kw):
     """:func:`_flash_sdpa` for a padded batch: the dense mask's float bias is made and kept too."""
-    if torch.is_autocast_enabled("cpu"):
-        dtype = torch.get_autocast_dtype("cpu")
-        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
-    return _FlashSaves.apply(query, key, value, attn_mask)
+    return _flash(query, key, value, attn_mask)
 
 
 @contextlib.contextmanager
@@ -131,17 +132,18 @@ def _overwrite_params_on_conversion():
 
 
 @contextlib.contextmanager
-def _no_mask_materialisation():
-    """transformers builds an explicit causal mask when it sees fake tensors; we never pad, so skip it."""
+def _causal_mask(padded: bool = False):
+    """How transformers' mask code sees our fake batches: one unpacked sequence per row, and either no padding
+    (it would build an explicit causal mask for fake tensors, so skip it) or, ``padded``, a padded batch that
+    gets the dense (b, 1, s, s) mask."""
+    import inspect
+
     import transformers.masking_utils as mu
 
     orig = mu._ignore_causal_mask_sdpa
-
-    import inspect
-
     names = list(inspect.signature(orig).parameters)
 
-    def patched(*args, **kwargs):
+    def unpadded(*args, **kwargs):
         bound = dict(zip(names, args), **kwargs)
         bound[names[0]] = None  # no padding
         for off in ("q_offset", "kv_offset"):
@@ -150,7 +152,7 @@ def _no_mask_materialisation():
         return orig(**bound)
 
     orig_packed = mu.find_packed_sequence_indices
-    mu._ignore_causal_mask_sdpa = patched
+    mu._ignore_causal_mask_sdpa = (lambda *a, **k: False) if padded else unpadded
     mu.find_packed_sequence_indices = lambda *a, **k: None  # one unpacked sequence per row
     try:
         yield
@@ -171,7 +173,7 @@ def trace_activations(model: Any, setup: MemorySetup) -> dict[str, Any]:
     dtype = DTYPES[setup.param_dtype]
     dropout = arch.dropout_attn if setup.device == "cpu" else 0.0  # CPU: dropout forces the math path
     flash = attn == "sdpa" and dropout == 0.0
-    with FakeTensorMode(allow_non_fake_inputs=True), _no_mask_materialisation(), _quiet(), \
+    with FakeTensorMode(allow_non_fake_inputs=True), _causal_mask(), _quiet(), \
             _overwrite_params_on_conversion(), _flash_attention(flash):
         import copy
 
