@@ -56,6 +56,7 @@ class Row:
     keeps_logits: bool | None = None  # does the source's loop hold the model output through backward?
     kv_repeat: bool | None = None  # does the source's attention save GQA K/V repeated to every query head?
     attn_mask: bool | None = None  # is SDPA handed a dense mask (padded batches through transformers)?
+    use_cache: bool | None = None  # does the source's training forward build transformers' KV cache?
     seq_is_max: bool = False  # the source caps the length; its peak batch may have been shorter
     long_context: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -67,7 +68,7 @@ def _peft(name: str, measured_bytes: int, notes: str, **setup: Any) -> Row:
     base = dict(precision="bf16", optimizer="adamw", batch=4, seq=768, checkpointing=False, attn="sdpa")
     return Row(f"peft/{name}", "llama-3.2-3b", {**base, **setup}, measured_bytes / GiB, "reserved",
                f"{repo} {path.format(name)} @ {commit}", notes, keeps_logits=True, attn_mask=True,
-               seq_is_max=True)
+               use_cache=True, seq_is_max=True)
 
 
 PEFT_NOTE = ("L40S, torch 2.13.0+cu130, transformers 5.13.1, peft 0.19.2.dev0; accelerator_memory_max = "
@@ -75,7 +76,9 @@ PEFT_NOTE = ("L40S, torch 2.13.0+cu130, transformers 5.13.1, peft 0.19.2.dev0; a
              "truncated at 768 tokens: the peak batch is at most 4×768 (the estimate is made at 768); run.py "
              "calls model(**batch) with the padded batch's attention_mask, so SDPA is handed a dense mask: every "
              "layer keeps it as a bias, and transformers repeats K/V to all 24 heads (use_gqa_in_sdpa needs "
-             "mask-free attention on CUDA)")
+             "mask-free attention on CUDA); run.py never sets use_cache and checkpointing is off, so the forward builds "
+             "Llama-3.2-3B's KV cache (its config: use_cache true) and the held outputs keep it (+0.33 GiB at 4×768: "
+             "the 8-head K/V beside the repeated ones)")
 
 
 # What torch reports as an 80GB A100's total capacity (the CUDA context is inside it): "79.25 GiB total
@@ -98,7 +101,7 @@ def _unsloth(gib: int, seq: int) -> Row:
                "the column is exactly linear (404.75 tokens/GB): a line through their measurements; the table "
                "appeared with Llama 3.3 (Dec 2024), when transformers 4.46-4.47 was current: its loss path; "
                "FA2 keeps K/V at the 8 key/value heads and takes no dense mask",
-               long_context=True, loss_path="transformers-4.46", kv_repeat=False, attn_mask=False)
+               long_context=True, loss_path="transformers-4.46", kv_repeat=False, attn_mask=False, use_cache=False)
 
 
 ROWS: list[Row] = [
@@ -133,7 +136,7 @@ ROWS: list[Row] = [
         "torchtune's own Llama modules, not transformers': its attention expands GQA K/V to all 24 heads "
         "before flex attention (+1.75 GiB saved here beside K/V at 8 heads: kv_repeat); flex attention's "
         "block mask is sparse, no dense bias",
-        keeps_logits=False, kv_repeat=True, attn_mask=False, long_context=True),
+        keeps_logits=False, kv_repeat=True, attn_mask=False, use_cache=False, long_context=True),
 ]
 
 
@@ -145,7 +148,7 @@ def evaluate(row: Row) -> dict[str, Any]:
 
     setup = MemorySetup(device="cuda", **row.setup)
     r = estimate(row.model, setup, keeps_logits=row.keeps_logits, loss_path=row.loss_path, kv_repeat=row.kv_repeat,
-                 attn_mask=row.attn_mask)
+                 attn_mask=row.attn_mask, use_cache=row.use_cache)
     upper = r.info["upper"]
     # like for like: the allocated peak (active), reserved (reserved), or everything the card holds (limit:
     # the CUDA context too, as the replay's smallest card is compared)
@@ -171,7 +174,7 @@ def matching_length(row: Row, lo: int = 64) -> int:
     def value(seq: int) -> float:
         r = estimate(row.model, MemorySetup(device="cuda", **{**row.setup, "seq": seq}),
                      keeps_logits=row.keeps_logits, loss_path=row.loss_path, kv_repeat=row.kv_repeat,
-                     attn_mask=row.attn_mask)
+                     attn_mask=row.attn_mask, use_cache=row.use_cache)
         return {"active": r.peak, "reserved": r.info["reserved"], "limit": r.total}[row.kind] / GiB
 
     hi = 2 * row.setup["seq"]
@@ -191,11 +194,48 @@ def replay(row: Row) -> dict[str, Any]:
 
     sim = simulate(row.model, MemorySetup(device="cuda", **row.setup), loss_path=row.loss_path,
                    keeps_logits=bool(row.keeps_logits), kv_repeat=row.kv_repeat,
-                   attn_mask=bool(row.attn_mask))
+                   attn_mask=bool(row.attn_mask), use_cache=bool(row.use_cache))
     value = {"reserved": sim["reserved"], "active": sim["allocated"],
              "limit": sim["needs"] + CUDA_CONTEXT}[row.kind] / GiB
     return {"replay": value, "replay_error": (value - row.measured) / row.measured * 100,
             "replay_raw": {k: v / GiB for k, v in sim.items() if k != "segments"}}
+
+
+# A second published figure of PEFT's runs, measured after every optimizer step: run.py logs
+# torch.cuda.memory_allocated() there ("mem allocated avg", a mean over each 250 steps; the median of the 20
+# below). zero_grad runs at the start of the next step and ``outputs`` is still bound, so it is weights +
+# gradients + optimizer states + the held output — bf16 logits and, where the forward built one, the KV cache —
+# + cuBLAS workspaces (allocated through the caching allocator: 4096·1024·2 + 16·1024·8 B per cuBLAS handle on
+# an L40S, sm89, per torch's CublasHandlePool.cpp; one for the forward's thread, one for autograd's).
+# Same commit, same data: 4,198,051 tokens over 20,000 samples (one EOS each counted).
+PEFT_AFTER_STEP = {
+    "full-finetuning--llama-3.2-3B-lr_0.00001": 26_063_083_651, "lora--llama-3.2-3B-rank32": 6_923_951_607,
+    "lora--llama-3.2-3B-rank64": 7_070_776_398, "lora--llama-3.2-3B-rank64-rslora": 7_070_752_247,
+    "lora--llama-3.2-3B-rank10-target-mlp": 6_928_054_403,
+}
+PEFT_TOKENS, PEFT_SAMPLES = 4_198_051, 20_000
+CUBLAS_WORKSPACES = 2 * (4096 * 1024 * 2 + 16 * 1024 * 8)
+
+
+def after_step(row: Row) -> dict[str, float]:
+    """PEFT's after-step allocated figure against labkit: what is left over labkit's weights, gradients and
+    optimizer states (and the cuBLAS workspaces) is the held output, so it gives the mean padded batch length
+    with the KV cache held and with the logits alone — to compare with the data's mean length (bucketed
+    batches pad a few per cent over it)."""
+    from labkit.memory.arch import arch_info
+    from labkit.memory.estimate import estimate, training_cache_bytes
+    from labkit.memory.setup import MemorySetup
+
+    measured = PEFT_AFTER_STEP[row.key.split("/", 1)[1]]
+    one = MemorySetup(device="cuda", **{**row.setup, "seq": 1})  # per padded position of the batch
+    est = estimate(row.model, one, keeps_logits=True, use_cache=True, attn_mask=True)
+    static = est.bytes["weights"] + est.bytes["gradients"] + est.bytes["optimizer"]
+    arch = arch_info(row.model)
+    logits = one.batch * arch.vocab * 2  # the bf16 logits outputs holds, per position
+    cache = training_cache_bytes(arch, one)
+    held = measured - static - CUBLAS_WORKSPACES
+    return {"held_mib": held / 2**20, "length_with_cache": held / (logits + cache), "length_logits_only": held / logits,
+            "data_mean": PEFT_TOKENS / PEFT_SAMPLES - 1}
 
 
 def _setup_text(row: Row) -> str:
@@ -281,6 +321,15 @@ def main() -> int:
               "measurement")
         for r in capped:
             print(f"    {r.key[:46]:46s} {matching_length(r):5d} tokens (cap {r.setup['seq']})")
+    peft = [x["row"] for x in results if x["row"].key.split("/", 1)[1] in PEFT_AFTER_STEP]
+    if peft:
+        print("  PEFT's after-step memory_allocated (output still held): left over labkit's weights + gradients + "
+              "states + cuBLAS workspaces, and the mean padded length it implies")
+        for r in peft:
+            a = after_step(r)
+            print(f"    {r.key[:46]:46s} {a['held_mib']:6.1f} MiB: {a['length_with_cache']:5.1f} tokens with the KV "
+                  f"cache held, {a['length_logits_only']:5.1f} with the logits alone (data mean "
+                  f"{a['data_mean']:.1f} unpadded)")
     print(f"  accelerate 'Training using Adam': median |error| {s['accelerate_median_abs']:.0f} %; "
           f"DeepSpeed model states: median |error| {s['deepspeed_median_abs']:.0f} %")
     return 0

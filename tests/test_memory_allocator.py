@@ -137,6 +137,34 @@ def test_step_replay_with_repeated_kv_adds_what_the_estimate_adds() -> None:
     assert bias_only["allocated"] - grouped["allocated"] == added > 0
 
 
+def test_step_replay_with_a_training_kv_cache_adds_what_the_estimate_adds() -> None:
+    """A forward that builds transformers' KV cache, in a loop that keeps its output (PEFT's benchmark): the
+    replay's allocated peak grows by exactly the estimate's cache terms — one cache with a padded batch
+    (the unrepeated K/V beside the repeated ones), nothing without one (the cache is the saved K/V)."""
+    from labkit.memory.estimate import estimate, training_cache_bytes
+    from labkit.memory.reserved import simulate
+    from labkit.memory.setup import MemorySetup
+    from labkit.memory.toy import toy_config
+
+    cfg = toy_config("llama", vocab_size=2048, hidden_size=256, intermediate_size=512, num_attention_heads=8)
+    setup = MemorySetup(device="cuda", method="lora", precision="bf16", batch=4, seq=256, targets="all-linear")
+    for padded in (False, True):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plain = simulate(cfg, setup, keeps_logits=True, attn_mask=padded)
+            cached = simulate(cfg, setup, keeps_logits=True, attn_mask=padded, use_cache=True)
+        added = (estimate(cfg, setup, keeps_logits=True, attn_mask=padded, use_cache=True).peak
+                 - estimate(cfg, setup, keeps_logits=True, attn_mask=padded, use_cache=False).peak)
+        assert cached["allocated"] - plain["allocated"] == added
+        assert added == (training_cache_bytes(arch_info_of(cfg), setup) if padded else 0)
+
+
+def arch_info_of(cfg: dict):
+    from labkit.memory.arch import arch_info
+
+    return arch_info(cfg)
+
+
 def test_label_smoothing_replay_matches_the_estimate_under_cuda_autocast() -> None:
     """The replay runs LabelSmoother's ops with log_softmax in fp32 under autocast (CUDA's fp32 list; the CPU
     live-tensor test covers CPU autocast, which keeps bf16): its allocated peak is the estimate's within 1 %."""

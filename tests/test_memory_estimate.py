@@ -304,7 +304,19 @@ class _LiveBytes:
         self.seen.pop(key, None)
 
 
-def _tracked_toy(cfg: dict, dtype, method: str, ckpt: bool, precision: str, vocab: int):
+def _steps(keep: bool) -> int:
+    """Steps a live-tensor test runs: two when the loop keeps its output, whose previous step's output is
+    alive through the next forward (the steady state the estimate's moments describe), else one."""
+    return 2 if keep else 1
+
+
+def _zero_grad(net) -> None:
+    """``optimizer.zero_grad(set_to_none=True)`` between steps: no gradient crosses into the next one."""
+    for prm in net.parameters():
+        prm.grad = None
+
+
+def _tracked_toy(cfg: dict, dtype, method: str, ckpt: bool, precision: str, vocab: int, attn: str = "sdpa"):
     """A toy model (LoRA all-linear or full, checkpointed or not) in train mode, a 2 x 96 batch, a
     live-bytes tracker that excludes what exists before the step, and the autocast context."""
     import contextlib
@@ -312,7 +324,7 @@ def _tracked_toy(cfg: dict, dtype, method: str, ckpt: bool, precision: str, voca
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    net = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=dtype, attn_implementation="sdpa")
+    net = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=dtype, attn_implementation=attn)
     if ckpt:
         net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
     if method == "lora":
@@ -350,13 +362,16 @@ def test_peak_moment_matches_live_tensor_peak(precision: str, method: str, keep:
     setup = MemorySetup(method=method, precision=precision, batch=2, seq=96, device="cpu", checkpointing=ckpt,
                         targets="all-linear")
     net, ids, live, amp = _tracked_toy(cfg, dtype, method, ckpt, precision, vocab)
+    held: list = []  # the loop's ``out``
     with live.mode:
-        with amp:
-            out = net(input_ids=ids, labels=ids, use_cache=False)
-        loss = out.loss
-        if not keep:
-            del out
-        loss.backward()
+        for _ in range(_steps(keep)):
+            with amp:
+                new = net(input_ids=ids, labels=ids, use_cache=False)
+            loss = new.loss
+            held[:] = [new] if keep else []  # the previous step's output dies here, after this forward
+            del new
+            loss.backward()
+            _zero_grad(net)
     est = estimate(cfg, setup, keeps_logits=keep)
     before = est.bytes["weights"] + est.bytes["optimizer"]  # exist before the step (not tracked)
     step_moments = {k: v - before for k, v in est.moments.items() if k != "optimizer_step"}
@@ -392,22 +407,24 @@ def test_older_transformers_loss_paths_match_live_tensor_peak(path: str, precisi
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     torch.manual_seed(0)
     net, ids, live, amp = _tracked_toy(cfg, dtype, "lora", ckpt, precision, vocab)
+    held: list = []  # the loop's ``out``
     with live.mode:
-        with amp:
-            out = net(input_ids=ids, use_cache=False)
-        if path == "transformers-4.46":
-            logits = out.logits  # the model's own frame holds them while its loss runs
-            loss = _loss_446(logits, ids, vocab)
-        else:
-            logits = out.logits.float()  # what <= 4.45 returned; the half logits die with ``out``
-            del out
-            out = None
-            shift = logits[..., :-1, :].contiguous()
-            loss = torch.nn.functional.cross_entropy(shift.view(-1, vocab), ids[..., 1:].contiguous().view(-1))
-            del shift
-        if not keep:
+        for _ in range(_steps(keep)):
+            with amp:
+                out = net(input_ids=ids, use_cache=False)
+            if path == "transformers-4.46":
+                logits = out.logits  # the model's own frame holds them while its loss runs
+                loss = _loss_446(logits, ids, vocab)
+            else:
+                logits = out.logits.float()  # what <= 4.45 returned; the half logits die with ``out``
+                shift = logits[..., :-1, :].contiguous()
+                out = None
+                loss = torch.nn.functional.cross_entropy(shift.view(-1, vocab), ids[..., 1:].contiguous().view(-1))
+                del shift
+            held[:] = [out, logits] if keep else []  # the previous step's output dies here
             del out, logits
-        loss.backward()
+            loss.backward()
+            _zero_grad(net)
     setup = MemorySetup(method="lora", precision=precision, batch=2, seq=96, device="cpu", checkpointing=ckpt,
                         targets="all-linear")
     est = estimate(cfg, setup, keeps_logits=keep, loss_path=path)
@@ -442,13 +459,16 @@ def test_label_smoothing_loss_path_matches_live_tensor_peak(precision: str, batc
     torch.manual_seed(0)
     net, ids, live, amp = _tracked_toy(cfg, dtype, "lora", ckpt, precision, vocab)
     ids = ids[:batch]
+    held: list = []  # the loop's ``out``
     with live.mode:
-        with amp:
-            out = net(input_ids=ids, use_cache=False)  # Trainer pops the labels: the model returns logits only
-            loss = LabelSmoother(epsilon=0.1)(out, ids, shift_labels=True)
-        if not keep:
+        for _ in range(_steps(keep)):
+            with amp:
+                out = net(input_ids=ids, use_cache=False)  # Trainer pops the labels: the model returns logits
+                loss = LabelSmoother(epsilon=0.1)(out, ids, shift_labels=True)
+            held[:] = [out] if keep else []  # the previous step's output dies here
             del out
-        loss.backward()
+            loss.backward()
+            _zero_grad(net)
     setup = MemorySetup(method="lora", precision=precision, batch=batch, seq=96, device="cpu", checkpointing=ckpt,
                         targets="all-linear")
 
@@ -461,6 +481,66 @@ def test_label_smoothing_loss_path_matches_live_tensor_peak(precision: str, batc
     assert -1 <= err <= 1, (err, live.peak)
     if precision == "bf16":
         assert abs(step_peak("transformers>=4.49") - live.peak) > 0.1 * live.peak
+
+
+CACHE_TOYS = {  # a wide head_dim, so the cache is ~3-4 % of the step and a 1 % tolerance can tell it
+    "llama": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_hidden_layers=4),
+    "qwen2": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_hidden_layers=4),
+    "gemma2": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32,
+                   num_hidden_layers=4),
+    "phi3": dict(num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=4),
+    "gpt2": dict(n_layer=4),
+}
+
+
+@pytest.mark.parametrize("family", list(CACHE_TOYS))
+@pytest.mark.parametrize("padded,keep", [(False, False), (False, True), (True, False), (True, True)])
+def test_training_kv_cache_matches_live_tensor_peak(family: str, padded: bool, keep: bool) -> None:
+    """A plain ``model(**batch)`` in training builds transformers' KV cache (``use_cache`` defaults to the
+    config's, True for these models; only gradient checkpointing turns it off), and the output holds it.
+    Two real CPU steps with every live storage tracked: the estimate with ``use_cache=True`` lands within
+    1 % of the live peak, or above it where it leaves out what the cache saves (Phi-3 without repeated K/V).
+    Where the cache holds K/V beside the saved ones (a padded batch repeats them; GPT-2 copies them out of
+    its fused output) and the loop keeps its output, the estimate without the cache is under by about one
+    cache: the test can tell."""
+    import torch
+
+    from labkit.memory.estimate import training_cache_bytes
+
+    vocab = 512
+    cfg = toy_config(family, vocab_size=vocab, **CACHE_TOYS[family])
+    torch.manual_seed(0)
+    attn = "eager" if family == "gemma2" else "sdpa"  # transformers 5.x: Gemma-2 has no SDPA path
+    net, ids, live, _ = _tracked_toy(cfg, torch.bfloat16, "lora", False, "bf16", vocab, attn=attn)
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[0, -1] = 0  # the first row ends in padding: transformers builds the dense mask
+    held: list = []  # the loop's ``out``
+    with live.mode:
+        for _ in range(_steps(keep)):
+            new = net(input_ids=ids, attention_mask=mask, labels=ids)  # use_cache: the config's (True)
+            loss = new.loss
+            held[:] = [new] if keep else []
+            del new
+            loss.backward()
+            _zero_grad(net)
+    setup = MemorySetup(method="lora", precision="bf16", batch=2, seq=96, device="cpu", targets="all-linear",
+                        attn=attn)
+
+    def step_peak(use_cache: bool) -> int:
+        est = estimate(cfg, setup, keeps_logits=keep, attn_mask=padded, use_cache=use_cache)
+        before = est.bytes["weights"] + est.bytes["optimizer"]
+        return max(v - before for k, v in est.moments.items() if k != "optimizer_step")
+
+    err = (step_peak(True) - live.peak) / live.peak * 100
+    high = 8 if family == "phi3" and not padded else 1
+    assert -1 <= err <= high, (err, live.peak)
+    cache = training_cache_bytes(arch_info(cfg), setup)
+    beside = keep and (padded or family in ("gpt2", "gemma2"))
+    if beside:
+        assert live.peak - step_peak(False) > 0.8 * cache
+    unknown = estimate(cfg, setup, keeps_logits=keep, attn_mask=padded)  # use_cache unknown: the bound holds it
+    assert unknown.info["upper"]["terms"]["training_kv_cache"] >= (cache if beside else 0)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -574,6 +654,22 @@ def test_kv_repeat_known_moves_the_term_from_the_bound_into_the_point() -> None:
     assert text.returncode == 0 and "repeated to every head" in text.stdout, text.stderr
     bad = _cli("estimate", "--model", "llama-3.2-3b", "--kv-repeat", "maybe")
     assert bad.returncode == 2 and "--kv-repeat" in bad.stderr and "unknown|yes|no" in bad.stderr
+
+
+def test_use_cache_option_in_the_cli() -> None:
+    """``labkit estimate --use-cache yes`` says so and costs a cache with a padded batch and a kept output;
+    a bad value names the option and its values."""
+    same = ("estimate", "--model", "llama-3.2-3b", "--method", "lora", "--precision", "bf16", "--batch", "4",
+            "--seq", "768", "--attn-mask", "yes", "--loop", "keeps-output", "--json")
+    yes, no = _cli(*same, "--use-cache", "yes"), _cli(*same, "--use-cache", "no")
+    assert yes.returncode == 0 and no.returncode == 0, yes.stderr + no.stderr
+    a = arch_info("llama-3.2-3b")
+    cache = a.layers * 4 * 768 * 2 * a.kv_heads * a.head_dim * 2  # K and V, bf16
+    assert json.loads(yes.stdout)["peak"] - json.loads(no.stdout)["peak"] == cache
+    text = _cli("estimate", "--model", "llama-3.2-3b", "--use-cache", "yes")
+    assert text.returncode == 0 and "KV cache in training built" in text.stdout, text.stderr
+    bad = _cli("estimate", "--model", "llama-3.2-3b", "--use-cache", "often")
+    assert bad.returncode == 2 and "--use-cache" in bad.stderr and "unknown|yes|no" in bad.stderr
 
 
 def test_calibration_fits_the_residual_and_extrapolates(monkeypatch: pytest.MonkeyPatch) -> None:

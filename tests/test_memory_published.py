@@ -78,3 +78,20 @@ def test_summary_and_markdown(bench, results) -> None:
     assert s["median_abs"] < s["accelerate_median_abs"]  # labkit beats accelerate's rule of thumb on these rows
     table = bench.markdown(results)
     assert table.count("\n") == len(results) + 1 and "huggingface/peft" in table
+
+
+def test_peft_after_step_memory_says_the_output_holds_its_kv_cache(bench) -> None:
+    """PEFT logs ``memory_allocated()`` after every optimizer step, its output still bound. Over labkit's
+    weights, gradients and optimizer states (exact to the byte elsewhere) what is left is the held output:
+    read as bf16 logits alone it would mean batches 56 % longer than the data's mean length, read as logits +
+    the KV cache the forward builds (``use_cache`` is on: run.py never turns it off) about 8 % — what sorted
+    buckets of 80 pad. So the rows say ``use_cache=True``, and the residual is the same for every rank and
+    target (the static part is right for each)."""
+    peft = [r for r in bench.ROWS if r.key.split("/", 1)[1] in bench.PEFT_AFTER_STEP]
+    assert len(peft) == 5 and all(r.use_cache for r in peft)
+    for row in peft:
+        a = bench.after_step(row)
+        assert 1.0 <= a["length_with_cache"] / a["data_mean"] <= 1.15, (row.key, a)
+        assert a["length_logits_only"] / a["data_mean"] > 1.4, (row.key, a)
+    lora = [bench.after_step(r)["held_mib"] for r in peft if r.setup["method"] == "lora"]
+    assert max(lora) - min(lora) < 1.0  # MiB: four ranks/targets, one residual

@@ -81,7 +81,7 @@ def fixes(model: Any, setup: MemorySetup, gpu_mem: int, *, base_total: int | Non
           assumptions: dict[str, Any] | None = None) -> list[Fix]:
     """Single changes ranked: those that fit first (cheapest first), then by bytes saved.
     ``assumptions``: what the estimate knows about the run beyond the setup (``keeps_logits``,
-    ``kv_repeat``, ``attn_mask``, ``loss_path``), the same for every candidate."""
+    ``kv_repeat``, ``attn_mask``, ``use_cache``, ``loss_path``), the same for every candidate."""
     known = assumptions or {}
     if base_total is None:
         base_total = estimate(model, setup, **known).total

@@ -64,6 +64,11 @@ def add_estimate_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="unknown|yes|no: is SDPA handed a dense attention mask (batches padded to their longest "
                         "row, through transformers)? yes: every layer keeps the mask as a b*s*s bias and K/V "
                         "repeated (unknown: the upper bound carries both)")
+    p.add_argument("--use-cache", default="unknown",
+                   help="unknown|yes|no: does the training forward build transformers' KV cache? yes: a plain "
+                        "model(**batch) without gradient checkpointing on a config with use_cache true (most "
+                        "causal LMs); no: checkpointing on, use_cache=False, labkit's engine (unknown: the upper "
+                        "bound carries it)")
     p.add_argument("--calibrate", action="store_true",
                    help="run real steps at 1/8 and 1/4 of --seq on this machine, fit the residual, show both")
     p.add_argument("--replay", action="store_true",
@@ -142,8 +147,10 @@ def _print(result: Any, args: argparse.Namespace, gpu_mem: int | None) -> None:
               False: "at the key/value heads"}[assumes.get("kv_repeat")]
         mask = {None: "unknown (point: none; upper: kept)", True: "kept by every layer as a bias",
                 False: "none"}[assumes.get("attn_mask")]
+        cache = {None: "unknown (point: none; upper: built and held)", True: "built (held with the output)",
+                 False: "none"}[assumes.get("use_cache")]
         print(f"  assumes: {assumes['loss_path'].split(':')[0]}; training loop {loop}; GQA K/V saved {kv}; "
-              f"dense attention mask {mask}")
+              f"dense attention mask {mask}; KV cache in training {cache}")
     if isinstance(upper, dict):
         terms = ", ".join(f"{k} +{fmt_bytes(v)}" for k, v in upper["terms"].items() if v > 0) or "none"
         print(f"  upper bound  {fmt_bytes(upper['total']):>12s}  (point {fmt_bytes(data['peak'] + data['bytes']['overhead'])}"
@@ -190,11 +197,12 @@ def run_estimate(args: argparse.Namespace) -> int:
             raise SetupError("loss-path", "|".join(LOSS_PATHS), loss_path)
         known = {"unknown": None, "yes": True, "no": False}
         kv, mask = getattr(args, "kv_repeat", "unknown"), getattr(args, "attn_mask", "unknown")
-        for option, value in (("kv-repeat", kv), ("attn-mask", mask)):
+        cache = getattr(args, "use_cache", "unknown")
+        for option, value in (("kv-repeat", kv), ("attn-mask", mask), ("use-cache", cache)):
             if value not in known:
                 raise SetupError(option, "|".join(known), value)
         assumptions = {"keeps_logits": loops[loop], "loss_chunk": chunk, "loss_path": loss_path,
-                       "kv_repeat": known[kv], "attn_mask": known[mask]}
+                       "kv_repeat": known[kv], "attn_mask": known[mask], "use_cache": known[cache]}
         result = estimate(args.model, setup, activations=method, **assumptions)
         if getattr(args, "replay", False):
             if chunk:
@@ -203,7 +211,7 @@ def run_estimate(args: argparse.Namespace) -> int:
             from labkit.memory.reserved import simulate
 
             sim = simulate(args.model, setup, loss_path=loss_path, keeps_logits=bool(loops[loop]),
-                           kv_repeat=known[kv], attn_mask=bool(known[mask]))
+                           kv_repeat=known[kv], attn_mask=bool(known[mask]), use_cache=bool(known[cache]))
             result.info["replay"] = {**sim, "card": sim["needs"] + CUDA_CONTEXT}
     except (SetupError, ArchError, ValueError) as exc:
         return _fail(str(exc))

@@ -122,7 +122,8 @@ def logits_dtype_bytes(setup: MemorySetup) -> int:
 
 
 def transients(arch: ArchInfo, setup: MemorySetup, keeps_logits: bool = False,
-               loss_path: str = "transformers>=4.49", route: tuple[bool, bool] = (False, False)) -> dict[str, int]:
+               loss_path: str = "transformers>=4.49", route: tuple[bool, bool] = (False, False),
+               use_cache: bool = False) -> dict[str, int]:
     """Short-lived buffers that set the peak at particular moments (not saved for backward).
 
     The loss head's, checked byte for byte on CPU with a live-tensor tracker (see
@@ -135,6 +136,7 @@ def transients(arch: ArchInfo, setup: MemorySetup, keeps_logits: bool = False,
     ``loss_path`` (a key of ``LOSS_PATHS``): older transformers make a shifted fp32 copy of the logits
     (4.46-4.48: beside the half logits and their fp32 upcast; <= 4.45: the model returns fp32 logits).
     ``route``: the attention's ``(repeat_kv, dense_mask)`` (:func:`formulas.activation_inventory`).
+    ``use_cache``: the forward builds transformers' KV cache (:func:`training_cache_terms`).
     """
     if loss_path not in LOSS_PATHS:
         raise ValueError(f"loss_path: one of {', '.join(LOSS_PATHS)}; got {loss_path!r}")
@@ -161,6 +163,8 @@ def transients(arch: ArchInfo, setup: MemorySetup, keeps_logits: bool = False,
         if keeps_logits:
             kept_b = 4 if loss_path == "transformers<4.46" else logits_dtype_bytes(setup)
             out["kept_logits"] = tok * V * kept_b
+        if use_cache:
+            out.update(training_cache_terms(arch, setup, route, keeps_logits))
         if setup.method == "full" and arch.tied:
             # a tied embedding's second gradient: the head's is already .grad when the embedding's backward
             # writes its own (V·h) and AccumulateGrad sums the two into a new tensor — three V·h at once
@@ -237,16 +241,21 @@ def moments_from(comp: dict[str, int], setup: MemorySetup, transient: dict[str, 
         return {"prefill": W + comp.get("kv_cache", 0) + t.get("prefill_layer", 0) + comp.get("logits", 0)}
     g_prev = G if setup.grad_accum > 1 else 0  # accumulation keeps gradients through the next forward
     gather = t.get("zero3_gather", 0)
-    kept = t.get("kept_logits", 0)  # the caller's output object: alive until it is rebound next step
+    # the caller's output object (``out = model(...)`` held): its logits and, with a KV cache, every layer's
+    # K/V. The previous step's is alive through this step's forward (it dies when ``out`` is rebound, after
+    # the forward returns); this step's from the end of the forward on. The cache shares its storage with
+    # the saved K/V until a layer's backward frees them, except what ``cache_extra`` counts.
+    kept = t.get("kept_logits", 0)
+    cache, extra = t.get("kept_cache", 0), t.get("cache_extra", 0)
+    held_extra = extra if cache else 0  # the cache beyond the saved tensors while this step's output is held
     m = {
-        # the kept logits are the live logits' own tensor at the end of the forward (counted once)
-        "forward_end": W + O + g_prev + saved + t.get("live_logits", 0) + gather,
-        "backward_start": W + O + g_prev + saved + t.get("dlogits", 0) + gather + kept,
-        "backward_end": W + O + G + gather + kept,
-        "optimizer_step": W + O + G + t.get("optimizer_temp", 0) + kept,
+        "forward_end": W + O + g_prev + saved + t.get("live_logits", 0) + gather + kept + cache + extra,
+        "backward_start": W + O + g_prev + saved + t.get("dlogits", 0) + gather + kept + held_extra,
+        "backward_end": W + O + G + gather + kept + cache,
+        "optimizer_step": W + O + G + t.get("optimizer_temp", 0) + kept + cache,
     }
     if "tied_grad_sum" in t:  # the embedding's backward, last of the step: every other gradient exists
-        m["backward_embedding"] = W + O + G + t["tied_grad_sum"] + gather + kept
+        m["backward_embedding"] = W + O + G + t["tied_grad_sum"] + gather + kept + cache
     if setup.checkpointing:
         m["backward_recompute"] = (W + O + g_prev + comp.get("activations", 0) + t.get("recompute", 0) + gather
                                    + kept - t.get("ckpt_dup", 0))
@@ -255,11 +264,13 @@ def moments_from(comp: dict[str, int], setup: MemorySetup, transient: dict[str, 
         # the last block (first in backward): everything saved but the loss's, the head's gradients
         g_first = G if g_prev else t.get("grad_head", 0)
         m["backward_first_block"] = (W + O + g_first + comp.get("activations", 0) + recompute + temp + gather
-                                     + kept - t.get("ckpt_dup", 0))
-        # the first block (last in backward): its own saved tensors, every other gradient
+                                     + kept + held_extra - t.get("ckpt_dup", 0))
+        # the first block (last in backward): its own saved tensors, every other gradient; the cache holds
+        # every layer's K/V (this block's own are among its saved tensors unless they were repeated)
         g_last = G if g_prev else max(0, G - t.get("grad_block", 0) - t.get("grad_embed_last", 0))
         own = t.get("layer_saved", 0) + t.get("ckpt_input", 0) - t.get("ckpt_dup", 0)  # + the saved block input
-        m["backward_last_block"] = W + O + g_last + own + temp + gather + kept
+        cache_last = cache - (0 if extra else t.get("cache_layer", 0)) if cache else 0
+        m["backward_last_block"] = W + O + g_last + own + temp + gather + kept + cache_last
     return m
 
 
@@ -283,7 +294,8 @@ def activation_bytes(arch: ArchInfo, setup: MemorySetup, method: str = "formula"
 
 def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
              keeps_logits: bool | None = None, loss_chunk: int = 0, loss_path: str | None = None,
-             kv_repeat: bool | None = None, attn_mask: bool | None = None) -> Breakdown:
+             kv_repeat: bool | None = None, attn_mask: bool | None = None,
+             use_cache: bool | None = None) -> Breakdown:
     """Estimate every component for ``setup`` (per device) and the peak over the step's moments.
 
     ``keeps_logits``: whether the training loop holds the model output through backward
@@ -302,11 +314,15 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
     ``attn_mask``: whether SDPA is handed a dense attention mask (transformers with padded batches): each
     layer then saves the mask as a float bias (b·s²) and, unless ``kv_repeat`` says otherwise, repeated
     K/V; None: the upper bound carries the bias. With checkpointing both live only in the recomputed layer.
+    ``use_cache``: whether the training forward builds transformers' KV cache (``config.use_cache`` is True
+    for most causal LMs and only gradient checkpointing turns it off; labkit's engine turns it off): the
+    model output then holds every layer's K/V (:func:`training_cache_terms`); None: the upper bound carries it.
     """
     path = installed_loss_path() if loss_path is None else loss_path
     if path not in LOSS_PATHS:
         raise ValueError(f"loss_path: one of {', '.join(LOSS_PATHS)}; got {loss_path!r}")
-    for name, value in (("keeps_logits", keeps_logits), ("kv_repeat", kv_repeat), ("attn_mask", attn_mask)):
+    for name, value in (("keeps_logits", keeps_logits), ("kv_repeat", kv_repeat), ("attn_mask", attn_mask),
+                        ("use_cache", use_cache)):
         if value not in (None, True, False) or isinstance(value, int) and not isinstance(value, bool):
             raise ValueError(f"{name}: must be True, False or None; got {value!r}")
     if isinstance(loss_chunk, bool) or not isinstance(loss_chunk, int) or loss_chunk < 0:
@@ -338,7 +354,8 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
     A = sum(acts.values())
     kv = F.kv_cache_bytes(arch, setup)
     comp = {"weights": W, "gradients": G, "optimizer": O, "activations": A, "logits": L, "kv_cache": kv}
-    trans = transients(arch, setup, keeps_logits=bool(keeps_logits), loss_path=path, route=route)
+    trans = transients(arch, setup, keeps_logits=bool(keeps_logits), loss_path=path, route=route,
+                       use_cache=bool(use_cache))
     if loss_chunk and setup.trains:
         L, trans = _chunked_logits(arch, setup, loss_chunk, trans)
         comp["logits"] = L
@@ -347,7 +364,7 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
     overhead = (CUDA_CONTEXT + int(FRAGMENTATION * peak)) if setup.device == "cuda" else 0
     comp["overhead"] = overhead
     upper = upper_bound(arch, setup, comp, trans, peak, keeps_logits, full_logits=not (loss_chunk and setup.trains),
-                        kv_repeat=kv_repeat, attn_mask=attn_mask)
+                        kv_repeat=kv_repeat, attn_mask=attn_mask, use_cache=use_cache)
     detail = {f"weights.{k}": v for k, v in wb.items()}
     detail.update({f"transient.{k}": v for k, v in trans.items()})
     if setup.amp:
@@ -366,7 +383,7 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
                            "upper": upper, "assumes": {"loss_path": CHUNKED_LOSS_PATH if loss_chunk and setup.trains
                                                        else LOSS_PATHS[path],
                                                        "keeps_logits": keeps_logits, "kv_repeat": kv_repeat,
-                                                       "attn_mask": attn_mask,
+                                                       "attn_mask": attn_mask, "use_cache": use_cache,
                                                        "attention": ATTENTION_ROUTES[route]}})
 
 
@@ -389,7 +406,8 @@ def _chunked_logits(arch: ArchInfo, setup: MemorySetup, chunk: int,
 
 def upper_bound(arch: ArchInfo, setup: MemorySetup, comp: dict[str, int], trans: dict[str, int], peak: int,
                 keeps_logits: bool | None, full_logits: bool = True,
-                kv_repeat: bool | None = None, attn_mask: bool | None = None) -> dict[str, Any]:
+                kv_repeat: bool | None = None, attn_mask: bool | None = None,
+                use_cache: bool | None = False) -> dict[str, Any]:
     """The most the step can take given what the estimate cannot know, term by term.
 
     * the training loop keeping its output (unknown → assume kept, in fp32 as transformers < 4.46
@@ -402,6 +420,9 @@ def upper_bound(arch: ArchInfo, setup: MemorySetup, comp: dict[str, int], trans:
       estimate; False: known not to happen);
     * a dense attention mask saved by every layer as a float bias (``mask_bias``, while ``attn_mask`` is
       None): + b·s² per layer in the query's dtype (one layer with checkpointing);
+    * a KV cache built in training (``training_kv_cache``, while ``use_cache`` is None): its K/V kept
+      beside the saved tensors at the end of the forward and, with the output kept (or unknown), through
+      the step and the next forward;
     * allocator slack (reserved − allocated): 5 % in the point estimate, up to 15 % here;
     * a freed logits-sized block the caching allocator cannot hand on (``logits_block``, when the loss
       materialises the full logits): b·s·V·4. The allocator replay (:mod:`labkit.memory.reserved`) needs
@@ -423,6 +444,14 @@ def upper_bound(arch: ArchInfo, setup: MemorySetup, comp: dict[str, int], trans:
             terms[name] = value
             comp_up["activations"] = comp_up.get("activations", 0) + value
     up_peak = max(moments_from(comp_up, setup, t_up).values()) if setup.trains else peak
+    cache = training_cache_bytes(arch, setup)
+    if cache and use_cache is None:
+        t_up.update(cache_extra=cache)  # beside the saved K/V, as with repeated K/V: the most it holds
+        if keeps_logits is not False:
+            t_up.update(kept_cache=cache, cache_layer=0)
+        with_cache = max(moments_from(comp_up, setup, t_up).values())
+        terms["training_kv_cache"] = with_cache - up_peak
+        up_peak = with_cache
     if setup.device == "cuda":
         frag = int(FRAGMENTATION_UPPER * up_peak)
         terms["allocator_slack"] = frag - int(FRAGMENTATION * peak)
@@ -462,6 +491,43 @@ def mask_bias_layer_bytes(arch: ArchInfo, setup: MemorySetup) -> int:
     if not _sdpa_trains(arch, setup):
         return 0
     return setup.batch * setup.seq * setup.seq * _query_bytes(setup)
+
+
+def training_cache_bytes(arch: ArchInfo, setup: MemorySetup) -> int:
+    """Every layer's K/V at the key/value heads in the query's dtype: what transformers' ``DynamicCache``
+    holds after a training forward that builds one (``use_cache`` on — the config default of most causal
+    LMs — and no gradient checkpointing, which turns it off). 0 where no cache is built."""
+    if not (setup.trains and arch.family is not None) or setup.checkpointing:
+        return 0
+    return arch.layers * setup.batch * setup.seq * 2 * (arch.kv_heads or 0) * arch.head_dim * _query_bytes(setup)
+
+
+def training_cache_terms(arch: ArchInfo, setup: MemorySetup, route: tuple[bool, bool],
+                         keeps_logits: bool) -> dict[str, int]:
+    """What a KV cache built in training adds (transformers' ``DynamicCache``, held by the model output):
+
+    * ``cache_extra``: K/V the cache keeps beside the tensors attention saves — where attention repeats K/V
+      to every head (a dense mask through SDPA, eager GQA) it saves the repeated ones, and GPT-2 copies K/V
+      out of its fused ``c_attn`` output, which its q still keeps alive — from the end of every forward;
+    * ``kept_cache``: a loop that holds its output (``keeps_logits``) holds the cache with it: through
+      backward (where the saved K/V would have been freed layer by layer), the optimizer step, and the next
+      step's forward; ``cache_layer`` is one layer's share (the last block's own saved K/V).
+
+    Elsewhere the cache *is* the saved K/V (its ``torch.cat`` copy replaces the RoPE output attention would
+    have saved). Phi-3 without repeated K/V saves less with a cache — v is copied out of the fused qkv
+    output, which then dies — and the estimate leaves that saving out (it over-counts there).
+    Measured on CPU with a live-tensor tracker (toy Llama, Qwen2, Gemma-2, Phi-3, GPT-2; two steps):
+    ``tests/test_memory_estimate.py::test_training_kv_cache_matches_live_tensor_peak``.
+    """
+    cache = training_cache_bytes(arch, setup)
+    if not cache:
+        return {}
+    H, K = arch.heads or 0, arch.kv_heads or 0
+    repeated = H > K and (route[0] or not _sdpa_trains(arch, setup))
+    out = {"cache_extra": cache} if repeated or arch.family == "gpt2" else {}
+    if keeps_logits:
+        out.update(kept_cache=cache, cache_layer=cache // max(1, arch.layers))
+    return out
 
 
 def kv_repeat_bytes(arch: ArchInfo, setup: MemorySetup) -> int:

@@ -106,26 +106,34 @@ class _Events:
         self._refs.pop(key, None)
 
 
-def _loss(net: nn.Module, ids: torch.Tensor, loss_path: str, vocab: int) -> tuple[torch.Tensor, Any]:
-    """transformers' causal-LM loss as the given version computes it, and the logits the model output
-    holds (what a loop that keeps ``out`` keeps)."""
+def _loss(net: nn.Module, ids: torch.Tensor, loss_path: str, vocab: int,
+          use_cache: bool = False) -> tuple[torch.Tensor, Any]:
+    """transformers' causal-LM loss as the given version computes it, and what the model output holds (what
+    a loop that keeps ``out`` keeps): its logits and, with ``use_cache``, the KV cache."""
     import torch.nn.functional as nnf
 
     if loss_path == "transformers>=4.49":
-        out = net(input_ids=ids, labels=ids, use_cache=False)
-        return out.loss, out.logits
-    out = net(input_ids=ids, use_cache=False)
+        out = net(input_ids=ids, labels=ids, use_cache=use_cache)
+        return out.loss, (out.logits, _cache_of(out))
+    out = net(input_ids=ids, use_cache=use_cache)
+    held = (out.logits, _cache_of(out))
     if loss_path == "trainer-label-smoothing":
-        return _label_smoothing_loss(out.logits, ids), out.logits
+        return _label_smoothing_loss(out.logits, ids), held
     if loss_path == "transformers-4.46":  # the model's frame holds its half logits while the loss runs
         logits = out.logits.float()
         shift = logits[..., :-1, :].contiguous()
         loss = nnf.cross_entropy(shift.view(-1, vocab), ids[..., 1:].contiguous().view(-1))
-        return loss, out.logits
+        return loss, held
     logits = out.logits.float()  # <= 4.45: the model returned fp32 logits, the half ones gone
-    del out
+    cache = _cache_of(out)
+    del out, held
     shift = logits[..., :-1, :].contiguous()
-    return nnf.cross_entropy(shift.view(-1, vocab), ids[..., 1:].contiguous().view(-1)), logits
+    return nnf.cross_entropy(shift.view(-1, vocab), ids[..., 1:].contiguous().view(-1)), (logits, cache)
+
+
+def _cache_of(out: Any) -> Any:
+    """The KV cache a model output holds, or None (``cache`` in transformers 5.x, ``past_key_values`` before)."""
+    return out.get("cache", out.get("past_key_values"))
 
 
 def _label_smoothing_loss(logits: torch.Tensor, ids: torch.Tensor, epsilon: float = 0.1) -> torch.Tensor:
@@ -194,14 +202,16 @@ def _step_temporaries(arch: ArchInfo, setup: MemorySetup) -> list[int]:
 
 def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str | None = None,
                 keeps_logits: bool = False, kv_repeat: bool | None = None,
-                attn_mask: bool = False) -> list[tuple[str, int, int]]:
+                attn_mask: bool = False, use_cache: bool = False) -> list[tuple[str, int, int]]:
     """Alloc/free events of ``steps`` training steps of ``setup`` (fake tensors at full size), after the
     static allocations (weights, adapters) and with the optimizer states made at the first step.
     ``keeps_logits``: the loop holds the model output until the next step's forward rebinds it.
     ``kv_repeat``: attention repeats GQA's K/V to every query head first, as transformers' SDPA path does
     when it is handed an attention mask (``use_gqa_in_sdpa`` is False: padded batches); None: exactly then.
     ``attn_mask``: a padded batch — transformers builds the dense (b, 1, s, s) mask and hands it to every
-    layer's SDPA, which keeps it as a float bias (and, through ``kv_repeat``, repeats K/V)."""
+    layer's SDPA, which keeps it as a float bias (and, through ``kv_repeat``, repeats K/V).
+    ``use_cache``: the forward builds transformers' KV cache, which the model output holds (off with
+    checkpointing, as transformers turns it off)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from transformers import AutoModelForCausalLM
 
@@ -256,10 +266,10 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
             for step in range(steps):
                 with rec.mode:
                     with amp:
-                        loss, logits = _loss(net, ids, path, arch.vocab)
+                        loss, held = _loss(net, ids, path, arch.vocab, use_cache and not setup.checkpointing)
                     if keeps_logits:  # out = model(...) held: the previous step's output dies at this rebinding
-                        kept = logits
-                    del logits
+                        kept = held
+                    del held
                     backpropagate(loss, settings)  # labkit's one backward
                     del loss
                 if step == 0:  # optimizer states appear at the first step and stay
@@ -296,12 +306,13 @@ def _gqa_in_sdpa(enabled: bool):
 
 
 def simulate(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str | None = None,
-             keeps_logits: bool = False, kv_repeat: bool | None = None, attn_mask: bool = False) -> dict[str, int]:
+             keeps_logits: bool = False, kv_repeat: bool | None = None, attn_mask: bool = False,
+             use_cache: bool = False) -> dict[str, int]:
     """The caching allocator over ``steps`` steps: ``allocated`` and ``reserved`` peaks (what
     ``max_memory_allocated`` / ``max_memory_reserved`` report on a card with room to spare),
     ``needs`` (the least the allocator must be allowed to reserve for the steps to run: on a card
     near its limit it empties its cache before failing) and ``segments``."""
-    events = record_step(model, setup, steps, loss_path, keeps_logits, kv_repeat, attn_mask)
+    events = record_step(model, setup, steps, loss_path, keeps_logits, kv_repeat, attn_mask, use_cache)
     alloc: CachingAllocator = replay(events)
     return {"allocated": alloc.peak_allocated, "reserved": alloc.peak_reserved,
             "needs": smallest_capacity(events), "segments": alloc.segments}
