@@ -186,6 +186,30 @@ def matching_length(row: Row, lo: int = 64) -> int:
     return hi
 
 
+def difference_length(a: Row, b: Row, lo: int = 64) -> int:
+    """The sequence length at which labkit's point estimates of two rows *differ* by what their measurements
+    differ by (bisection). For two runs on the same batches that differ only in what the adapters save (PEFT's
+    MLP-target and attention-target LoRA rows), every shared term — weights, logits, attention, the allocator's
+    5 % on the shared part — cancels: a second reading of the peak length beside :func:`matching_length`."""
+    from labkit.memory.estimate import estimate
+    from labkit.memory.setup import MemorySetup
+
+    def value(row: Row, seq: int) -> float:
+        r = estimate(row.model, MemorySetup(device="cuda", **{**row.setup, "seq": seq}),
+                     keeps_logits=row.keeps_logits, loss_path=row.loss_path, kv_repeat=row.kv_repeat,
+                     attn_mask=row.attn_mask, use_cache=row.use_cache)
+        return r.info["reserved"] / GiB
+
+    target = a.measured - b.measured
+    hi = 2 * a.setup["seq"]
+    while value(a, hi) - value(b, hi) < target:
+        hi *= 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if value(a, mid) - value(b, mid) < target else (lo, mid)
+    return hi
+
+
 def replay(row: Row) -> dict[str, Any]:
     """The allocator replay of ``row``, as the row's kind of figure (GiB) and its error."""
     from labkit.memory.estimate import CUDA_CONTEXT
@@ -321,6 +345,11 @@ def main() -> int:
               "measurement")
         for r in capped:
             print(f"    {r.key[:46]:46s} {matching_length(r):5d} tokens (cap {r.setup['seq']})")
+    by_key = {x["row"].key: x["row"] for x in results}
+    mlp, attn = by_key.get("peft/lora--llama-3.2-3B-rank10-target-mlp"), by_key.get("peft/lora--llama-3.2-3B-rank32")
+    if mlp and attn:
+        print(f"  PEFT r10 MLP − r32 attention LoRA ({mlp.measured - attn.measured:.2f} GiB measured; every shared term "
+              f"cancels): labkit's difference equals it at {difference_length(mlp, attn)} tokens")
     peft = [x["row"] for x in results if x["row"].key.split("/", 1)[1] in PEFT_AFTER_STEP]
     if peft:
         print("  PEFT's after-step memory_allocated (output still held): left over labkit's weights + gradients + "

@@ -16,7 +16,10 @@ from labkit.memory.arch import ArchInfo, arch_info
 from labkit.memory.breakdown import Breakdown, peak_of
 from labkit.memory.setup import MemorySetup
 
-CUDA_CONTEXT = 512 * 1024**2  # CUDA context + cuBLAS workspace: on the card, not in max_memory_allocated
+# The CUDA context: on the card, not in max_memory_allocated. cuBLAS workspaces (8.125 MiB per handle, 32 MiB on
+# Hopper/Blackwell; one for the forward's thread, one for autograd's) come from the caching allocator, so they are
+# in max_memory_allocated; the point estimate folds their few tens of MiB into this figure.
+CUDA_CONTEXT = 512 * 1024**2
 FRAGMENTATION = 0.05  # reserved − allocated, as a share of the peak (PyTorch caching allocator)
 # The upper bound behind a verdict (``fits`` / ``margin``): the terms the point estimate cannot know.
 FRAGMENTATION_UPPER = 0.15  # allocator slack with shapes that change step to step (bucketed batches)
