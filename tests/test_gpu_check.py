@@ -25,7 +25,8 @@ def gpu_check():
 def test_dry_run_plans_every_part_with_scripts_that_exist(gpu_check, capsys):
     assert gpu_check.main(["--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split()[0] for line in lines] == ["memory", "memory_padded", "precision", "vs_trainer", "lab"]
+    parts = ["memory", "memory_padded", "memory_loop", "precision", "vs_trainer", "lab"]
+    assert [line.split()[0] for line in lines] == parts
     for line in lines:
         scripts = [w for w in line.split() if w.endswith((".py", ".ipynb"))]
         assert scripts and all(Path(s).is_file() for s in scripts), line

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from labkit.memory.arch import ArchError, arch_info, catalog_names, load_config
+from labkit.memory.live import LiveBytes
 from labkit.memory.breakdown import GiB, parse_size
 from labkit.memory.estimate import estimate
 from labkit.memory.formulas import activation_inventory, nf4_weight_bytes
@@ -259,49 +260,7 @@ def test_inference_kv_cache_matches_measurement(family: str) -> None:
         assert e.bytes[key] == m.bytes[key], key
 
 
-class _LiveBytes:
-    """Live bytes of every storage created inside the block (a TorchDispatchMode), and their peak.
-
-    Storages that exist before (parameters, inputs) are excluded; a storage is freed when its last
-    tensor dies. On CPU this is the exact live-tensor peak a CUDA run's ``max_memory_allocated``
-    sees before allocator rounding — the ground truth for the estimate's transient terms.
-    """
-
-    def __init__(self, exclude: list) -> None:
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        tracker = self
-        self.cur = self.peak = 0
-        self.seen = {t.untyped_storage().data_ptr(): 0 for t in exclude}
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                tracker._note(out)
-                return out
-
-        self.mode = Mode()
-
-    def _note(self, out) -> None:
-        import weakref
-
-        import torch
-        from torch.utils._pytree import tree_flatten
-
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                st = t.untyped_storage()
-                key = st.data_ptr()
-                if key and key not in self.seen:
-                    n = st.nbytes()
-                    self.seen[key] = n
-                    self.cur += n
-                    self.peak = max(self.peak, self.cur)
-                    weakref.finalize(st, self._free, key, n)
-
-    def _free(self, key: int, n: int) -> None:
-        self.cur -= n
-        self.seen.pop(key, None)
+_LiveBytes = LiveBytes  # the tracker the tests below use: labkit.memory.live
 
 
 def _steps(keep: bool) -> int:
