@@ -76,12 +76,12 @@ def plain_loop_peak(config: dict[str, Any], *, method: str = "lora", dtype: torc
     torch.manual_seed(seed)
     dev = torch.device(device)
     net = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=dtype, attn_implementation=attn)
+    vocab = net.config.vocab_size
     if method == "lora":
         from peft import LoraConfig, get_peft_model
 
         net = get_peft_model(net, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
     net = net.to(dev).train()
-    vocab = net.config.vocab_size if hasattr(net, "config") else config["vocab_size"]
     ids = torch.randint(3, vocab, (batch, seq), device=dev)
     mask = torch.ones_like(ids)
     if padded:
