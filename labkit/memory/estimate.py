@@ -159,6 +159,12 @@ def transients(arch: ArchInfo, setup: MemorySetup, keeps_logits: bool = False,
             out["live_logits"] = (tok * V + copied) * ld
         else:  # the fp32 logits the model returns + the shifted copy (the half logits are gone by then)
             out["live_logits"] = (tok * V + copied) * 4
+        if loss_path != LABEL_SMOOTHING and arch.family is not None \
+                and "final_norm.out" not in _inventory(arch, setup, route).items:
+            # the model's forward computes the loss (labels passed) with its final hidden states still bound,
+            # which a frozen head does not save: one (b·s, h) more while the loss runs (CPU tracker: the
+            # estimate was 0.45 % under a bf16 LoRA toy's forward peak without it)
+            out["live_logits"] += tok * arch.hidden * (2 if setup.precision in ("fp16", "bf16") else 4)
         if loss_path == LABEL_SMOOTHING:  # gather's zeros + scatter_add's result (+ the sum's cast gradient)
             out["dlogits"] = shifted * (2 * lp + (lp if lp < 4 else 0))
         else:
@@ -272,7 +278,7 @@ def moments_from(comp: dict[str, int], setup: MemorySetup, transient: dict[str, 
         # every layer's K/V (this block's own are among its saved tensors unless they were repeated)
         g_last = G if g_prev else max(0, G - t.get("grad_block", 0) - t.get("grad_embed_last", 0))
         own = t.get("layer_saved", 0) + t.get("ckpt_input", 0) - t.get("ckpt_dup", 0)  # + the saved block input
-        cache_last = cache - (0 if extra else t.get("cache_layer", 0)) if cache else 0
+        cache_last = cache - t.get("cache_layer", 0) if cache else 0
         m["backward_last_block"] = W + O + g_last + own + temp + gather + kept + cache_last
     return m
 
@@ -496,13 +502,21 @@ def mask_bias_layer_bytes(arch: ArchInfo, setup: MemorySetup) -> int:
     return setup.batch * setup.seq * setup.seq * _query_bytes(setup)
 
 
-def training_cache_bytes(arch: ArchInfo, setup: MemorySetup) -> int:
-    """Every layer's K/V at the key/value heads in the query's dtype: what transformers' ``DynamicCache``
-    holds after a training forward that builds one (``use_cache`` on — the config default of most causal
-    LMs — and no gradient checkpointing, which turns it off). 0 where no cache is built."""
+def training_cache_kv(arch: ArchInfo, setup: MemorySetup) -> tuple[int, int]:
+    """(K bytes, V bytes) over every layer that transformers' ``DynamicCache`` holds after a training forward
+    that builds one (``use_cache`` on — the config default of most causal LMs — and no gradient
+    checkpointing, which turns it off): at the key/value heads, in the dtypes the projections and RoPE
+    return (:func:`formulas.kv_cache_dtypes`). (0, 0) where no cache is built."""
     if not (setup.trains and arch.family is not None) or setup.checkpointing:
-        return 0
-    return arch.layers * setup.batch * setup.seq * 2 * (arch.kv_heads or 0) * arch.head_dim * _query_bytes(setup)
+        return 0, 0
+    kb, vb = F.kv_cache_dtypes(setup, rope=arch.family != "gpt2")
+    per = arch.layers * setup.batch * setup.seq * (arch.kv_heads or 0) * arch.head_dim
+    return per * kb, per * vb
+
+
+def training_cache_bytes(arch: ArchInfo, setup: MemorySetup) -> int:
+    """Every layer's K and V that a KV cache built in training holds (:func:`training_cache_kv`)."""
+    return sum(training_cache_kv(arch, setup))
 
 
 def training_cache_terms(arch: ArchInfo, setup: MemorySetup, route: tuple[bool, bool],
@@ -510,26 +524,32 @@ def training_cache_terms(arch: ArchInfo, setup: MemorySetup, route: tuple[bool, 
     """What a KV cache built in training adds (transformers' ``DynamicCache``, held by the model output):
 
     * ``cache_extra``: K/V the cache keeps beside the tensors attention saves — where attention repeats K/V
-      to every head (a dense mask through SDPA, eager GQA) it saves the repeated ones, and GPT-2 copies K/V
-      out of its fused ``c_attn`` output, which its q still keeps alive — from the end of every forward;
+      to every head (a dense mask through SDPA, eager GQA) it saves the repeated ones; under autocast it
+      saves half copies of an fp32 k (RoPE promotes it) or v (a 4-bit projection returns fp32); and GPT-2
+      copies K/V out of its fused ``c_attn`` output, which its q still keeps alive — from the end of every
+      forward;
     * ``kept_cache``: a loop that holds its output (``keeps_logits``) holds the cache with it: through
       backward (where the saved K/V would have been freed layer by layer), the optimizer step, and the next
-      step's forward; ``cache_layer`` is one layer's share (the last block's own saved K/V).
+      step's forward; ``cache_layer`` is one layer's share that is also among its saved tensors (the last
+      block's own).
 
     Elsewhere the cache *is* the saved K/V (its ``torch.cat`` copy replaces the RoPE output attention would
     have saved). Phi-3 without repeated K/V saves less with a cache — v is copied out of the fused qkv
     output, which then dies — and the estimate leaves that saving out (it over-counts there).
-    Measured on CPU with a live-tensor tracker (toy Llama, Qwen2, Gemma-2, Phi-3, GPT-2; two steps):
-    ``tests/test_memory_estimate.py::test_training_kv_cache_matches_live_tensor_peak``.
+    Measured on CPU with a live-tensor tracker (toy Llama, Qwen2, Gemma-2, Phi-3, GPT-2; bf16 and AMP; two
+    steps): ``tests/test_memory_estimate.py::test_training_kv_cache_matches_live_tensor_peak``.
     """
-    cache = training_cache_bytes(arch, setup)
-    if not cache:
+    k, v = training_cache_kv(arch, setup)
+    if not k + v:
         return {}
     H, K = arch.heads or 0, arch.kv_heads or 0
-    repeated = H > K and (route[0] or not _sdpa_trains(arch, setup))
-    out = {"cache_extra": cache} if repeated or arch.family == "gpt2" else {}
+    beside = (H > K and (route[0] or not _sdpa_trains(arch, setup))) or arch.family == "gpt2"
+    saved = 2 if setup.amp else None  # autocast hands the kernel half copies
+    kb, vb = F.kv_cache_dtypes(setup, rope=arch.family != "gpt2")
+    extra = (k if beside or (saved and kb != saved) else 0) + (v if beside or (saved and vb != saved) else 0)
+    out = {"cache_extra": extra} if extra else {}
     if keeps_logits:
-        out.update(kept_cache=cache, cache_layer=cache // max(1, arch.layers))
+        out.update(kept_cache=k + v, cache_layer=(k + v - extra) // max(1, arch.layers))
     return out
 
 

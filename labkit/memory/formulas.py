@@ -148,6 +148,22 @@ class Inventory:
         return sum(v for k, v in self.items.items() if k.startswith(prefix))
 
 
+def linear_out_bytes(setup: MemorySetup) -> int:
+    """Bytes per element of a linear layer's output: half in half precision and under autocast — except
+    bitsandbytes' 4-bit layers, which cast back to their (fp32) input's dtype."""
+    half = setup.precision in ("fp16", "bf16")
+    return 2 if (half or (setup.amp and setup.method != "qlora")) else 4
+
+
+def kv_cache_dtypes(setup: MemorySetup, rope: bool = True) -> tuple[int, int]:
+    """Bytes per element of the K and V a KV cache built in training holds: k after RoPE (under autocast a
+    half k times fp32 cos/sin promotes to fp32; ``rope=False``: GPT-2's plain k) and v as its projection
+    returns it."""
+    ob = linear_out_bytes(setup)
+    k = 4 if (rope and setup.amp and ob == 2) else ob
+    return k, ob
+
+
 class _Walk:
     """Walks a block's forward, recording what each op saves for backward."""
 
@@ -158,8 +174,7 @@ class _Walk:
         self.tok = setup.batch * setup.seq
         half = setup.precision in ("fp16", "bf16")
         self.stream = 2 if half else 4  # residual stream bytes (AMP and QLoRA keep it fp32)
-        # linear outputs: half under autocast — except bnb 4-bit layers, which cast back to fp32
-        self.lin_out = 2 if (half or (setup.amp and setup.method != "qlora")) else 4
+        self.lin_out = linear_out_bytes(setup)
         self.amp = setup.amp
         self.full = setup.method == "full"
         self.qlora = setup.method == "qlora"
