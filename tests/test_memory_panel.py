@@ -88,6 +88,30 @@ def test_padded_batches_control_moves_the_mask_between_bound_and_point() -> None
         alone.compute()
 
 
+def test_training_loop_control_puts_the_output_and_its_cache_in_the_point_estimate() -> None:
+    """'Training loop: out = model(**batch)' keeps the model output and the KV cache the forward builds (no
+    checkpointing): the drawn peak is the estimate with both; 'HF Trainer' drops the output; 'unknown' leaves
+    both to the verdict's bound, where they are named."""
+    setup = MemorySetup(method="lora", precision="bf16", batch=4, seq=2048)
+    p = MemoryPanel("llama-3.2-1b", setup=setup)
+    p.padded.value = "yes"
+    assert "kept logits" in p.verdict.value and "training kv cache" in p.verdict.value
+    p.loop.value = "plain"
+    kept = estimate("llama-3.2-1b", p.setup(), attn_mask=True, keeps_logits=True, use_cache=True)
+    assert p.result.peak == kept.peak
+    assert kept.peak > estimate("llama-3.2-1b", p.setup(), attn_mask=True, keeps_logits=True, use_cache=False).peak
+    assert "training kv cache" not in p.verdict.value  # known now (the kept logits' fp32 reading stays a term)
+    p.loop.value = "trainer"
+    assert p.result.peak == estimate("llama-3.2-1b", p.setup(), attn_mask=True, keeps_logits=False,
+                                     use_cache=True).peak < kept.peak
+    from labkit.panels.memory import MemoryPanelModel
+
+    alone = MemoryPanelModel("llama-3.2-1b")
+    alone.loop = "sometimes"
+    with pytest.raises(ValueError, match="loop: one of unknown, trainer, plain"):
+        alone.compute()
+
+
 def test_invalid_input_shows_a_message_not_a_traceback() -> None:
     p = MemoryPanel(toy_config("llama"), setup=MemorySetup(method="lora", batch=2, seq=64))
     assert p.errors == []

@@ -552,7 +552,7 @@ def check_memory(p: Any) -> None:
 
     m = p.model
     widgets_now = tuple(w.value for w in p.controls)
-    model_now = tuple(getattr(m, n) for n in ("model_key", *m.FIELDS, "gpu_gb", "padded"))
+    model_now = tuple(getattr(m, n) for n in ("model_key", *m.FIELDS, "gpu_gb", "padded", "loop"))
     assert widgets_now == model_now
     if p.errors:
         for msg in p.errors:
@@ -604,5 +604,6 @@ def _memory_round(p: Any, data: st.DataObject) -> None:
         ("zero", setter(p.zero, data.draw(st.sampled_from([0, 1, 2, 3])))),
         ("gpu", setter(p.gpu, data.draw(st.sampled_from(GPU_PRESETS)))),
         ("padded", setter(p.padded, data.draw(st.sampled_from(["unknown", "yes", "no"])))),
+        ("loop", setter(p.loop, data.draw(st.sampled_from(["unknown", "trainer", "plain"])))),
     ]
     apply("memory", p, data.draw(st.permutations(ops)), check_memory)

@@ -46,6 +46,10 @@ register({
     "mem.padded.unknown": ("unknown", "모름"),
     "mem.padded.yes": ("yes: dense mask", "예: 조밀 마스크"),
     "mem.padded.no": ("no", "아니요"),
+    "mem.loop": ("Training loop", "학습 루프"),
+    "mem.loop.unknown": ("unknown", "모름"),
+    "mem.loop.trainer": ("HF Trainer (drops its output)", "HF Trainer (출력을 버림)"),
+    "mem.loop.plain": ("out = model(**batch) (keeps it)", "out = model(**batch) (출력을 유지)"),
     "mem.mode": ("Mode", "모드"),
     "mem.gen": ("Generate", "생성 토큰"),
     "mem.gpus": ("GPUs", "GPU 수"),
@@ -129,6 +133,13 @@ class MemoryPanelModel(traitlets.HasTraits):
     # (estimate's attn_mask); "unknown" leaves the mask's bytes to the upper bound
     padded = traitlets.Unicode("unknown")
     PADDED = {"unknown": None, "yes": True, "no": False}
+    # the training loop: HF Trainer drops the model output before backward; a plain loop (``out = model(**batch)``,
+    # PEFT's benchmark, most notebooks) keeps it into the next step. Both leave ``use_cache`` to the config, so
+    # the forward builds a KV cache unless checkpointing is on. "unknown": the upper bound carries both.
+    loop = traitlets.Unicode("unknown")
+    LOOPS = {"unknown": {"keeps_logits": None, "use_cache": None},
+             "trainer": {"keeps_logits": False, "use_cache": True},
+             "plain": {"keeps_logits": True, "use_cache": True}}
     FIELDS = ("method", "rank", "targets", "precision", "optimizer", "batch", "seq", "grad_accum", "checkpointing",
               "attn", "mode", "gen_len", "gpus", "zero")
 
@@ -157,7 +168,9 @@ class MemoryPanelModel(traitlets.HasTraits):
         """What the estimate knows beyond the setup (:func:`labkit.memory.estimate.estimate` keywords)."""
         if self.padded not in self.PADDED:
             raise ValueError(f"padded: one of {', '.join(self.PADDED)}; got {self.padded!r}")
-        return {"attn_mask": self.PADDED[self.padded]}
+        if self.loop not in self.LOOPS:
+            raise ValueError(f"loop: one of {', '.join(self.LOOPS)}; got {self.loop!r}")
+        return {"attn_mask": self.PADDED[self.padded], **self.LOOPS[self.loop]}
 
     def setup(self, **changes: Any) -> MemorySetup:
         """The setup the state describes (``changes`` override; raises SetupError if invalid)."""
@@ -256,6 +269,8 @@ class MemoryPanel(Panel):
         self.attn = widgets.Dropdown(options=list(ATTN), value=m.attn, description=t("mem.attn"))
         self.padded = widgets.Dropdown(options=[(t(f"mem.padded.{k}"), k) for k in MemoryPanelModel.PADDED],
                                        value=m.padded, description=t("mem.padded"))
+        self.loop = widgets.Dropdown(options=[(t(f"mem.loop.{k}"), k) for k in MemoryPanelModel.LOOPS],
+                                     value=m.loop, description=t("mem.loop"))
         self.mode = widgets.Dropdown(options=list(MODES), value=m.mode, description=t("mem.mode"))
         self.gen_len = widgets.IntSlider(value=m.gen_len, min=0, max=8192, step=64, description=t("mem.gen"),
                                          continuous_update=False)
@@ -275,8 +290,8 @@ class MemoryPanel(Panel):
         self.fig = go.FigureWidget(self._empty_figure())
         self.controls = (self.model_dd, self.method, self.rank, self.targets, self.precision, self.optimizer,
                          self.batch, self.seq, self.grad_accum, self.checkpointing, self.attn, self.mode,
-                         self.gen_len, self.gpus, self.zero, self.gpu, self.padded)
-        for w, name in zip(self.controls, ("model_key", *MemoryPanelModel.FIELDS, "gpu_gb", "padded")):
+                         self.gen_len, self.gpus, self.zero, self.gpu, self.padded, self.loop)
+        for w, name in zip(self.controls, ("model_key", *MemoryPanelModel.FIELDS, "gpu_gb", "padded", "loop")):
             link(w, m, name)
         m.observe(lambda _c: self.update(), names=traitlets.All)
         self.measure_button.on_click(lambda _b: self.run_measure())
@@ -286,7 +301,7 @@ class MemoryPanel(Panel):
         self.widget = widgets.VBox([
             widgets.HBox([self.model_dd, self.method, self.rank, self.targets]),
             widgets.HBox([self.precision, self.optimizer, self.attn, self.padded, self.mode]),
-            widgets.HBox([self.batch, self.seq, self.grad_accum, self.checkpointing]),
+            widgets.HBox([self.batch, self.seq, self.grad_accum, self.checkpointing, self.loop]),
             widgets.HBox([self.gen_len, self.gpus, self.zero, self.gpu]),
             widgets.HBox([self.measure_button, self.calibrate_button, self.trace_button]),
             self.message, self.verdict, self.fig, self.note, self.formula,
