@@ -27,15 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# a wide head_dim and four layers: the KV cache is a few per cent of the step, so the grid can see it
-TOYS: dict[str, dict[str, Any]] = {
-    "llama": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_hidden_layers=4),
-    "qwen2": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_hidden_layers=4),
-    "gemma2": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32,
-                   num_hidden_layers=4),
-    "phi3": dict(num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=4),
-    "gpt2": dict(n_layer=4),
-}
+from labkit.memory.toy import WIDE_HEAD_TOYS as TOYS  # noqa: E402  (a wide head: the cache shows)
 
 
 def run_row(family: str, method: str, padded: bool, keep: bool, device: str = "cpu", batch: int = 2,

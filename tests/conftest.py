@@ -56,6 +56,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: collection order otherwise
 
 
+def load_benchmark(name: str) -> Any:
+    """A script of ``benchmarks/`` imported as a module (registered in ``sys.modules``, where dataclasses look
+    their module up)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def requires_cuda(test):
     """Decorator for GPU-only tests: marks ``gpu`` and skips where no CUDA device exists."""
     test = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test)

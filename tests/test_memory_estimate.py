@@ -18,7 +18,7 @@ from labkit.memory.breakdown import GiB, parse_size
 from labkit.memory.estimate import estimate
 from labkit.memory.formulas import activation_inventory, nf4_weight_bytes
 from labkit.memory.setup import MemorySetup, SetupError
-from labkit.memory.toy import toy_config
+from labkit.memory.toy import WIDE_HEAD_TOYS, toy_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -442,14 +442,7 @@ def test_label_smoothing_loss_path_matches_live_tensor_peak(precision: str, batc
         assert abs(step_peak("transformers>=4.49") - live.peak) > 0.1 * live.peak
 
 
-CACHE_TOYS = {  # a wide head_dim, so the cache is ~3-4 % of the step and a 1 % tolerance can tell it
-    "llama": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_hidden_layers=4),
-    "qwen2": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_hidden_layers=4),
-    "gemma2": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32,
-                   num_hidden_layers=4),
-    "phi3": dict(num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=4),
-    "gpt2": dict(n_layer=4),
-}
+CACHE_TOYS = WIDE_HEAD_TOYS  # a wide head_dim, so the cache is ~3-4 % of the step and 1 % can tell it
 
 
 @pytest.mark.parametrize("family,precision", [*((f, "bf16") for f in CACHE_TOYS), ("llama", "amp-bf16"),

@@ -7,24 +7,15 @@ the weights is what a CUDA run's ``max_memory_allocated`` sees before the alloca
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("memory_loop", ROOT / "benchmarks" / "memory_loop.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("memory_loop")
 
 
 @pytest.mark.parametrize("family,method,padded,keep", [

@@ -8,25 +8,15 @@ fully (PEFT's MetaMathQA runs) are not under-estimated and agree on one peak len
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("memory_published", ROOT / "benchmarks" / "memory_published.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    import sys
-
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("memory_published")
 
 
 @pytest.fixture(scope="module")

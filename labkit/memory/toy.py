@@ -31,6 +31,18 @@ def toy_config(model_type: str, **overrides: Any) -> dict[str, Any]:
     return cfg
 
 
+# Toys whose KV cache is a few per cent of a training step (a wide head_dim, four layers), so a test with a
+# 1 % tolerance can see it: the training-cache tests and benchmarks/memory_loop.py.
+WIDE_HEAD_TOYS: dict[str, dict[str, Any]] = {
+    "llama": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_hidden_layers=4),
+    "qwen2": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, num_hidden_layers=4),
+    "gemma2": dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32,
+                   num_hidden_layers=4),
+    "phi3": dict(num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=4),
+    "gpt2": dict(n_layer=4),
+}
+
+
 # The CPU ground-truth grid: architecture × (method, precision, batch, seq, checkpointing, ...).
 GRID_SETUPS: tuple[dict[str, Any], ...] = (
     dict(method="full", precision="fp32", batch=1, seq=16),
