@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from labkit.memory.arch import ArchError, arch_info, catalog_names, load_config
-from labkit.memory.live import LiveBytes
 from labkit.memory.breakdown import GiB, parse_size
 from labkit.memory.estimate import estimate
 from labkit.memory.formulas import activation_inventory, nf4_weight_bytes
+from labkit.memory.live import LiveBytes
 from labkit.memory.setup import MemorySetup, SetupError
 from labkit.memory.toy import WIDE_HEAD_TOYS, toy_config
 
@@ -260,9 +260,6 @@ def test_inference_kv_cache_matches_measurement(family: str) -> None:
         assert e.bytes[key] == m.bytes[key], key
 
 
-_LiveBytes = LiveBytes  # the tracker the tests below use: labkit.memory.live
-
-
 def _steps(keep: bool) -> int:
     """Steps a live-tensor test runs: two when the loop keeps its output, whose previous step's output is
     alive through the next forward (the steady state the estimate's moments describe), else one."""
@@ -294,7 +291,7 @@ def _tracked_toy(cfg: dict, dtype, method: str, ckpt: bool, precision: str, voca
             net.enable_input_require_grads()
     net.train()
     ids = torch.randint(0, vocab, (2, 96))
-    live = _LiveBytes(list(net.parameters()) + list(net.buffers()) + [ids])
+    live = LiveBytes(list(net.parameters()) + list(net.buffers()) + [ids])
     amp = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "amp-bf16" else contextlib.nullcontext()
     return net, ids, live, amp
 
