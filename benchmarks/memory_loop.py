@@ -30,20 +30,77 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from labkit.memory.toy import WIDE_HEAD_TOYS as TOYS  # noqa: E402  (a wide head: the cache shows)
 
 
+def plain_loop_peak(config: dict[str, Any], *, method: str = "lora", batch: int = 2, seq: int = 96,
+                    steps: int = 3, padded: bool = False, keep_output: bool = True, use_cache: bool | None = None,
+                    attn: str = "sdpa", device: str = "cpu", seed: int = 0) -> dict[str, int]:
+    """Peak memory of ``steps`` steps of a plain transformers (+ peft LoRA all-linear) loop on a bf16 model
+    built from ``config`` (random weights): torch AdamW, ``zero_grad(set_to_none=True)``. The user's loop,
+    written out here on purpose — not labkit's engine, whose one training step lives in labkit.train.step.
+
+    ``keep_output``: the loop binds ``out = model(**batch)`` (kept until the next forward returns) — else
+    it keeps only the loss. ``use_cache``: passed to the model (None: the config's default, as a plain
+    call does). ``padded``: the first row ends in one padding token and the mask reaches the model.
+    Returns ``live_peak`` (bytes beyond the weights; CPU: the live-tensor tracker, CUDA: the allocator's
+    peak less what was allocated before the loop) and, on CUDA, ``reserved`` (``max_memory_reserved``)."""
+    import contextlib
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from labkit.memory.live import LiveBytes
+
+    torch.manual_seed(seed)
+    dev = torch.device(device)
+    net = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.bfloat16,
+                                           attn_implementation=attn)
+    vocab = net.config.vocab_size
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        net = get_peft_model(net, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
+    net = net.to(dev).train()
+    ids = torch.randint(3, vocab, (batch, seq), device=dev)
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[0, -1] = 0
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
+    kwargs = {} if use_cache is None else {"use_cache": use_cache}
+    held: list[Any] = []  # the loop's ``out``
+    live = LiveBytes(list(net.parameters()) + list(net.buffers()) + [ids, mask])
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    context = live.mode if dev.type == "cpu" else contextlib.nullcontext()
+    with context:
+        for _ in range(steps):
+            out = net(input_ids=ids, attention_mask=mask, labels=ids, **kwargs)
+            loss = out.loss
+            held[:] = [out] if keep_output else []
+            del out
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            del loss
+        held.clear()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        return {"live_peak": torch.cuda.max_memory_allocated() - before,
+                "reserved": torch.cuda.max_memory_reserved()}
+    return {"live_peak": live.peak}
+
+
 def run_row(family: str, method: str, padded: bool, keep: bool, device: str = "cpu", batch: int = 2,
             seq: int = 96, vocab: int = 512) -> dict[str, Any]:
     """One loop, measured, and labkit's estimate for it (bytes beyond the weights) and the signed error."""
-    import torch
-
     from labkit.memory.estimate import estimate
-    from labkit.memory.live import plain_loop_peak
     from labkit.memory.setup import MemorySetup
     from labkit.memory.toy import toy_config
 
     cfg = toy_config(family, vocab_size=vocab, **TOYS[family])
     attn = "eager" if family == "gemma2" else "sdpa"  # transformers 5.x: Gemma-2 has no SDPA path
-    measured = plain_loop_peak(cfg, method=method, dtype=torch.bfloat16, batch=batch, seq=seq, padded=padded,
-                               keep_output=keep, attn=attn, device=device)
+    measured = plain_loop_peak(cfg, method=method, batch=batch, seq=seq, padded=padded, keep_output=keep, attn=attn,
+                               device=device)
     setup = MemorySetup(device=device, method=method, precision="bf16", batch=batch, seq=seq, targets="all-linear",
                         attn=attn, optimizer="adamw")
     est = estimate(cfg, setup, keeps_logits=keep, attn_mask=padded, use_cache=True)
