@@ -140,19 +140,43 @@ ROWS: list[Row] = [
 ]
 
 
-def evaluate(row: Row) -> dict[str, Any]:
-    """labkit's point estimate (as reserved), its upper bound, and the anchors, for one row."""
-    from labkit.memory.anchors import accelerate_estimate, deepspeed_estimate
+def _estimate(row: Row, seq: int | None = None) -> tuple[Any, Any]:
+    """(setup, labkit's Breakdown) for ``row`` — at ``seq`` tokens where given — under what the row states
+    its source's run does (loop, loss path, attention route, KV cache)."""
     from labkit.memory.estimate import estimate
     from labkit.memory.setup import MemorySetup
 
-    setup = MemorySetup(device="cuda", **row.setup)
-    r = estimate(row.model, setup, keeps_logits=row.keeps_logits, loss_path=row.loss_path, kv_repeat=row.kv_repeat,
-                 attn_mask=row.attn_mask, use_cache=row.use_cache)
+    setup = MemorySetup(device="cuda", **(row.setup if seq is None else {**row.setup, "seq": seq}))
+    return setup, estimate(row.model, setup, keeps_logits=row.keeps_logits, loss_path=row.loss_path,
+                           kv_repeat=row.kv_repeat, attn_mask=row.attn_mask, use_cache=row.use_cache)
+
+
+def _figure(row: Row, r: Any) -> float:
+    """labkit's estimate as the row's kind of figure (GiB), like for like: the allocated peak (active),
+    reserved (reserved), or everything the card holds (limit: the CUDA context too, as the replay's smallest
+    card is compared)."""
+    return {"active": r.peak, "reserved": r.info["reserved"], "limit": r.total}[row.kind] / GiB
+
+
+def _first_length(reaches: Any, start: int, lo: int = 64) -> int:
+    """The least sequence length at which ``reaches(seq)`` holds (it grows with the length): doubling from
+    2·``start``, then bisection."""
+    hi = 2 * start
+    while not reaches(hi):
+        hi *= 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if reaches(mid) else (mid, hi)
+    return hi
+
+
+def evaluate(row: Row) -> dict[str, Any]:
+    """labkit's point estimate (as the row's figure), its upper bound, and the anchors, for one row."""
+    from labkit.memory.anchors import accelerate_estimate, deepspeed_estimate
+
+    setup, r = _estimate(row)
     upper = r.info["upper"]
-    # like for like: the allocated peak (active), reserved (reserved), or everything the card holds (limit:
-    # the CUDA context too, as the replay's smallest card is compared)
-    est = {"active": r.peak, "reserved": r.info["reserved"], "limit": r.total}[row.kind] / GiB
+    est = _figure(row, r)
     up = {"active": upper["peak"], "reserved": upper["reserved"], "limit": upper["total"]}[row.kind] / GiB
     acc = accelerate_estimate(row.model, setup)["training_adam"] / GiB
     ds = deepspeed_estimate(row.model, setup)["chosen"] / GiB
@@ -164,50 +188,23 @@ def evaluate(row: Row) -> dict[str, Any]:
             "deepspeed": ds, "deepspeed_error": (ds - m) / m * 100}
 
 
-def matching_length(row: Row, lo: int = 64) -> int:
-    """The sequence length at which labkit's point estimate equals the measurement (bisection, as the row's
-    kind of figure). For a row whose length is only a cap (``seq_is_max``) this is a diagnostic, not a fit:
-    rows that agree on one length say the estimate's shape is right and only the peak length is unknown."""
-    from labkit.memory.estimate import estimate
-    from labkit.memory.setup import MemorySetup
-
-    def value(seq: int) -> float:
-        r = estimate(row.model, MemorySetup(device="cuda", **{**row.setup, "seq": seq}),
-                     keeps_logits=row.keeps_logits, loss_path=row.loss_path, kv_repeat=row.kv_repeat,
-                     attn_mask=row.attn_mask, use_cache=row.use_cache)
-        return {"active": r.peak, "reserved": r.info["reserved"], "limit": r.total}[row.kind] / GiB
-
-    hi = 2 * row.setup["seq"]
-    while value(hi) < row.measured:
-        hi *= 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if value(mid) < row.measured else (lo, mid)
-    return hi
+def matching_length(row: Row) -> int:
+    """The sequence length at which labkit's point estimate equals the measurement (as the row's kind of
+    figure). For a row whose length is only a cap (``seq_is_max``) this is a diagnostic, not a fit: rows
+    that agree on one length say the estimate's shape is right and only the peak length is unknown."""
+    return _first_length(lambda seq: _figure(row, _estimate(row, seq)[1]) >= row.measured, row.setup["seq"])
 
 
-def difference_length(a: Row, b: Row, lo: int = 64) -> int:
-    """The sequence length at which labkit's point estimates of two rows *differ* by what their measurements
-    differ by (bisection). For two runs on the same batches that differ only in what the adapters save (PEFT's
-    MLP-target and attention-target LoRA rows), every shared term — weights, logits, attention, the allocator's
-    5 % on the shared part — cancels: a second reading of the peak length beside :func:`matching_length`."""
-    from labkit.memory.estimate import estimate
-    from labkit.memory.setup import MemorySetup
+def difference_length(a: Row, b: Row) -> int:
+    """The sequence length at which labkit's point estimates of two rows of one kind *differ* by what their
+    measurements differ by. For two runs on the same batches that differ only in what the adapters save
+    (PEFT's MLP-target and attention-target LoRA rows), every shared term — weights, logits, attention, the
+    allocator's 5 % on the shared part — cancels: a second reading of the peak length beside
+    :func:`matching_length`."""
+    def gap(seq: int) -> float:
+        return _figure(a, _estimate(a, seq)[1]) - _figure(b, _estimate(b, seq)[1])
 
-    def value(row: Row, seq: int) -> float:
-        r = estimate(row.model, MemorySetup(device="cuda", **{**row.setup, "seq": seq}),
-                     keeps_logits=row.keeps_logits, loss_path=row.loss_path, kv_repeat=row.kv_repeat,
-                     attn_mask=row.attn_mask, use_cache=row.use_cache)
-        return r.info["reserved"] / GiB
-
-    target = a.measured - b.measured
-    hi = 2 * a.setup["seq"]
-    while value(a, hi) - value(b, hi) < target:
-        hi *= 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if value(a, mid) - value(b, mid) < target else (lo, mid)
-    return hi
+    return _first_length(lambda seq: gap(seq) >= a.measured - b.measured, a.setup["seq"])
 
 
 def replay(row: Row) -> dict[str, Any]:

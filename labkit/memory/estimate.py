@@ -164,7 +164,7 @@ def transients(arch: ArchInfo, setup: MemorySetup, keeps_logits: bool = False,
             # the model's forward computes the loss (labels passed) with its final hidden states still bound,
             # which a frozen head does not save: one (b·s, h) more while the loss runs (CPU tracker: the
             # estimate was 0.45 % under a bf16 LoRA toy's forward peak without it)
-            out["live_logits"] += tok * arch.hidden * (2 if setup.precision in ("fp16", "bf16") else 4)
+            out["live_logits"] += tok * arch.hidden * F.stream_bytes(setup)
         if loss_path == LABEL_SMOOTHING:  # gather's zeros + scatter_add's result (+ the sum's cast gradient)
             out["dlogits"] = shifted * (2 * lp + (lp if lp < 4 else 0))
         else:
@@ -218,9 +218,7 @@ def backward_layer_terms(arch: ArchInfo, setup: MemorySetup,
     LoRA in bf16: peft's fp32 adapter gradients) … +9.8 % (Phi-3 full FT) — within the upper bound's slack.
     """
     tok, h, i = setup.batch * setup.seq, arch.hidden, arch.intermediate
-    half = setup.precision in ("fp16", "bf16")
-    ob = 2 if (half or (setup.amp and setup.method != "qlora")) else 4
-    sb = 2 if half else 4
+    ob, sb = F.linear_out_bytes(setup), F.stream_bytes(setup)
     widths = {"phi3": 4 * i, "gpt2": 2 * i}.get(arch.family or "", 3 * i)
     temp = tok * widths * ob + 2 * tok * h * sb
     gb = F.trainable_bytes_per_param(setup)

@@ -155,13 +155,24 @@ def linear_out_bytes(setup: MemorySetup) -> int:
     return 2 if (half or (setup.amp and setup.method != "qlora")) else 4
 
 
-def kv_cache_dtypes(setup: MemorySetup, rope: bool = True) -> tuple[int, int]:
-    """Bytes per element of the K and V a KV cache built in training holds: k after RoPE (under autocast a
-    half k times fp32 cos/sin promotes to fp32; ``rope=False``: GPT-2's plain k) and v as its projection
-    returns it."""
+def stream_bytes(setup: MemorySetup) -> int:
+    """Bytes per element of the residual stream (and a norm's output): half only in half precision — AMP
+    and QLoRA keep it fp32."""
+    return 2 if setup.precision in ("fp16", "bf16") else 4
+
+
+def rope_out_bytes(setup: MemorySetup) -> int:
+    """Bytes per element of q and k after RoPE: the projection's dtype, except under autocast, where a half
+    projection times fp32 cos/sin promotes to fp32."""
     ob = linear_out_bytes(setup)
-    k = 4 if (rope and setup.amp and ob == 2) else ob
-    return k, ob
+    return 4 if (setup.amp and ob == 2) else ob
+
+
+def kv_cache_dtypes(setup: MemorySetup, rope: bool = True) -> tuple[int, int]:
+    """Bytes per element of the K and V a KV cache built in training holds: k after RoPE (``rope=False``:
+    GPT-2's plain k, the projection's dtype) and v as its projection returns it."""
+    ob = linear_out_bytes(setup)
+    return (rope_out_bytes(setup) if rope else ob), ob
 
 
 class _Walk:
@@ -172,8 +183,7 @@ class _Walk:
         self.repeat_kv, self.dense_mask = repeat_kv, dense_mask  # the attention's route (see activation_inventory)
         self.inv = Inventory()
         self.tok = setup.batch * setup.seq
-        half = setup.precision in ("fp16", "bf16")
-        self.stream = 2 if half else 4  # residual stream bytes (AMP and QLoRA keep it fp32)
+        self.stream = stream_bytes(setup)
         self.lin_out = linear_out_bytes(setup)
         self.amp = setup.amp
         self.full = setup.method == "full"
@@ -329,7 +339,7 @@ def _block_llama(w: _Walk, l: int, fused: bool = False, gemma: bool = False) -> 
         rope_b = 2 if s.precision in ("fp16", "bf16") else 4
         w.inv.save("rope.cos", s.seq * d * rope_b)
         w.inv.save("rope.sin", s.seq * d * rope_b)
-    rope_out = 4 if (w.amp and ob == 2) else ob  # AMP: bf16 q · fp32 cos promotes to fp32
+    rope_out = rope_out_bytes(s)
     eager = s.attn == "eager" or not a.sdpa_supported
     w.attention(f"{P}.attn", f"{P}.q_rope", f"{P}.k_rope", v_key, v_storage, attn_req,
                 f"{P}.attn_out", softcap=gemma and a.softcap_attn, qkv_bytes=rope_out if not w.amp else 2)
