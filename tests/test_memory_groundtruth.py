@@ -68,7 +68,9 @@ PADDED = [("llama", dict(method="full", precision="fp32")), ("qwen2", dict(metho
           ("phi3", dict(method="full", precision="fp32")),
           ("llama", dict(method="qlora", precision="amp-bf16", compute_dtype="bf16", targets="all-linear")),
           # GPT-2 QLoRA under autocast: bnb's c_proj returns the attention's half output, so its dropout mask is half
-          ("gpt2", dict(method="qlora", precision="amp-bf16", compute_dtype="bf16", targets="all-linear"))]
+          ("gpt2", dict(method="qlora", precision="amp-bf16", compute_dtype="bf16", targets="all-linear")),
+          # QLoRA without autocast: the 4-bit layers return fp32, so SDPA gets fp32 q/k/v and an fp32 bias
+          ("llama", dict(method="qlora", precision="fp32", compute_dtype="bf16"))]
 
 
 @pytest.mark.parametrize("family,kw", PADDED, ids=[f"{f}-{kw['method']}-{kw['precision']}" for f, kw in PADDED])
@@ -111,3 +113,20 @@ def test_architecture_without_a_hand_formula_uses_the_exact_trace() -> None:
     for key in ("weights", "gradients", "optimizer"):
         assert est.bytes[key] == measured.bytes[key]
     assert abs(est.saved - measured.saved) <= 0.05 * measured.saved
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_the_bounds_route_terms_are_what_the_walk_adds_once_the_route_is_known(family: str) -> None:
+    """While the attention route is unknown, the upper bound carries repeated K/V and the dense mask's bias as
+    named terms; they must be the bytes the block walk adds when told the route (QLoRA without autocast
+    included: bnb returns fp32, so SDPA gets fp32 q/k/v and an fp32 bias — the bound once said half)."""
+    arch = arch_info(toy_config(family))
+    for kw in GRID_SETUPS:
+        if kw.get("checkpointing") or kw.get("attn") == "eager":
+            continue
+        setup = MemorySetup(device="cuda", **kw)
+        known = {key: estimate(arch, setup, kv_repeat=route, attn_mask=route, use_cache=False,
+                               keeps_logits=False).bytes["activations"] for key, route in (("on", True), ("off", False))}
+        terms = estimate(arch, setup, kv_repeat=None, attn_mask=None, use_cache=False,
+                         keeps_logits=False).info["upper"]["terms"]
+        assert terms["kv_repeat"] + terms["mask_bias"] == known["on"] - known["off"] > 0, kw

@@ -479,7 +479,10 @@ def _sdpa_trains(arch: ArchInfo, setup: MemorySetup) -> bool:
 
 
 def _query_bytes(setup: MemorySetup) -> int:
-    return 2 if (setup.amp or setup.compute in ("fp16", "bf16")) else 4
+    """Bytes per element of what SDPA is handed: half under autocast (SDPA is on its lower-precision list),
+    else what the projections (and RoPE) return — fp32 for QLoRA without autocast, whose 4-bit layers cast
+    back to their fp32 input even with a bf16 compute dtype (the block walk says the same)."""
+    return 2 if setup.amp else F.linear_out_bytes(setup)
 
 
 def kv_repeat_layer_bytes(arch: ArchInfo, setup: MemorySetup) -> int:
