@@ -147,8 +147,28 @@ def _estimate(row: Row, seq: int | None = None) -> tuple[Any, Any]:
     from labkit.memory.setup import MemorySetup
 
     setup = MemorySetup(device="cuda", **(row.setup if seq is None else {**row.setup, "seq": seq}))
-    return setup, estimate(row.model, setup, keeps_logits=row.keeps_logits, loss_path=row.loss_path,
-                           kv_repeat=row.kv_repeat, attn_mask=row.attn_mask, use_cache=row.use_cache)
+    return setup, estimate(row.model, setup, **_assumptions(row))
+
+
+def _assumptions(row: Row) -> dict[str, Any]:
+    """What the row states its source's run does, as ``estimate``'s keyword arguments."""
+    return dict(keeps_logits=row.keeps_logits, loss_path=row.loss_path, kv_repeat=row.kv_repeat,
+                attn_mask=row.attn_mask, use_cache=row.use_cache)
+
+
+def longest_at_card(row: Row) -> dict[str, Any]:
+    """For a ``limit`` row (the longest sequence that fit a card): the longest sequence labkit says fits that
+    card (:func:`labkit.memory.advice.longest_fit`) — by the upper bound, what a "fits" verdict promises (it
+    must not exceed the published limit), and by the point estimate — beside the published length."""
+    from labkit.memory.advice import longest_fit
+    from labkit.memory.setup import MemorySetup
+
+    found = longest_fit(row.model, MemorySetup(device="cuda", **row.setup), int(row.measured * GiB),
+                        assumptions=_assumptions(row))
+    published = row.setup["seq"]
+    return {"published": published, "upper": found["upper"], "point": found["point"],
+            "upper_error": (found["upper"] - published) / published * 100,
+            "point_error": (found["point"] - published) / published * 100}
 
 
 def _figure(row: Row, r: Any) -> float:
@@ -342,6 +362,14 @@ def main() -> int:
               "measurement")
         for r in capped:
             print(f"    {r.key[:46]:46s} {matching_length(r):5d} tokens (cap {r.setup['seq']})")
+    limits = [x["row"] for x in results if x["row"].kind == "limit"]
+    if limits:
+        print("  rows that are a card's limit: the longest sequence labkit says fits that card, by the upper bound "
+              "(what 'fits' promises) and by the point estimate, against the published limit")
+        for r in limits:
+            a = longest_at_card(r)
+            print(f"    {r.key[:46]:46s} published {a['published']:6d}; upper bound {a['upper']:6d} "
+                  f"({a['upper_error']:+5.0f} %); point {a['point']:6d} ({a['point_error']:+5.0f} %)")
     by_key = {x["row"].key: x["row"] for x in results}
     mlp, attn = by_key.get("peft/lora--llama-3.2-3B-rank10-target-mlp"), by_key.get("peft/lora--llama-3.2-3B-rank32")
     if mlp and attn:

@@ -191,6 +191,29 @@ def test_advice_finds_a_fit() -> None:
     assert ckpt.total == estimate("llama-3.2-1b", ckpt.setup, **known).total and ckpt.saves == base - ckpt.total
 
 
+def test_longest_fit_is_the_edge_of_the_verdict() -> None:
+    """The longest sequence (or micro-batch) that fits a card: at the answer the estimate fits, one more
+    does not — by the upper bound (the verdict's basis) and by the point estimate, which goes further."""
+    from labkit.memory.advice import longest_fit
+
+    setup = MemorySetup(method="lora", precision="amp-bf16", batch=2, seq=512, checkpointing=True)
+    known = {"keeps_logits": False, "attn_mask": False, "use_cache": False}
+    found = longest_fit("llama-3.2-1b", setup, 16 * GiB, assumptions=known)
+    assert found["upper"] < found["point"] and not found["at_limit"] and found["batch"] == 2
+    for basis, fits in (("upper", lambda r: r.fits(16 * GiB)), ("point", lambda r: r.total <= 16 * GiB)):
+        n = found[basis]
+        assert fits(estimate("llama-3.2-1b", setup.replace(seq=n), **known)), basis
+        assert not fits(estimate("llama-3.2-1b", setup.replace(seq=n + 1), **known)), basis
+    batch = longest_fit("llama-3.2-1b", setup, 16 * GiB, field="batch", assumptions=known)
+    assert estimate("llama-3.2-1b", setup.replace(batch=batch["upper"]), **known).fits(16 * GiB)
+    assert not estimate("llama-3.2-1b", setup.replace(batch=batch["upper"] + 1), **known).fits(16 * GiB)
+    assert longest_fit("llama-3.2-1b", setup, 2**20)["upper"] == 0  # 1 MiB: not even one token
+    with pytest.raises(ValueError, match="field"):
+        longest_fit("llama-3.2-1b", setup, 16 * GiB, field="rank")
+    with pytest.raises(ValueError, match="gpu_mem"):
+        longest_fit("llama-3.2-1b", setup, -1)
+
+
 def test_parse_size() -> None:
     assert parse_size("24GB") == 24 * GiB and parse_size("80 GiB") == 80 * GiB and parse_size("512MB") == 512 * 2**20
     with pytest.raises(ValueError, match="--gpu-mem"):
@@ -231,6 +254,11 @@ def test_cli_estimate_json_shape_and_errors() -> None:
     assert data["margin_point"] == 8 * GiB - (data["peak"] + data["bytes"]["overhead"])
     assert data["upper"]["total"] > data["peak"] + data["bytes"]["overhead"]
     assert data["fits"] == (data["upper"]["total"] <= 8 * GiB)
+    # and how long it can go on that card, by the same two figures
+    longest = data["longest_seq"]
+    assert longest["gpu_mem"] == 8 * GiB and longest["batch"] == 2 and 0 < longest["upper"] < longest["point"]
+    text = _cli("estimate", "--model", "tiny", "--gpu-mem", "8GB", "--device", "cuda")
+    assert text.returncode == 0 and "longest sequence at batch 1 that fits" in text.stdout
     bad = _cli("estimate", "--model", "tiny", "--batch", "0", "--json")
     assert bad.returncode == 2 and "--batch" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     bad = _cli("estimate", "--model", "tiny", "--zero", "five")

@@ -91,3 +91,17 @@ def test_peft_after_step_memory_says_the_output_holds_its_kv_cache(bench) -> Non
         assert a["length_logits_only"] / a["data_mean"] > 1.4, (row.key, a)
     lora = [bench.after_step(r)["held_mib"] for r in peft if r.setup["method"] == "lora"]
     assert max(lora) - min(lora) < 1.0  # MiB: four ranks/targets, one residual
+
+
+def test_the_longest_length_labkit_calls_fitting_ran_on_that_card(bench) -> None:
+    """unsloth's rows are the longest sequence that fit a card. The longest sequence labkit's upper bound
+    calls fitting that card must not be longer (a "fits" that runs out of memory is the promise broken);
+    the point estimate, which a verdict never rests on alone, is shown beside it."""
+    limits = [r for r in bench.ROWS if r.kind == "limit"]
+    assert len(limits) >= 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for row in limits:
+            found = bench.longest_at_card(row)
+            assert 0 < found["upper"] <= found["published"], (row.key, found)
+            assert found["point"] > found["upper"], (row.key, found)

@@ -116,3 +116,49 @@ def greedy_plan(model: Any, setup: MemorySetup, gpu_mem: int, max_steps: int = 5
         plan.append(best)
         current, total, fits = best.setup, best.total, best.fits
     return plan
+
+
+# How far the search for the longest fitting setting goes (MemorySetup's own limits).
+LONGEST_LIMITS = {"seq": 10_000_000, "batch": 1_000_000}
+
+
+def longest_fit(model: Any, setup: MemorySetup, gpu_mem: int, *, field: str = "seq",
+                assumptions: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The longest sequence (``field="seq"``) or largest micro-batch (``"batch"``) that fits ``gpu_mem``,
+    everything else as in ``setup``: the question a "max context on a 24 GB card" table answers.
+
+    Two answers: ``upper`` — where the upper bound still fits (what a "fits" verdict promises: it must not
+    run out of memory) — and ``point``, where the point estimate does (about where a run really stops).
+    Memory grows with either field, so each is found by doubling then bisection (about 2·log2(answer)
+    estimates, a few ms each). 0: not even 1 fits. ``at_limit``: the search stopped at MemorySetup's
+    largest allowed value, so the true answer may be larger.
+    """
+    if field not in LONGEST_LIMITS:
+        raise ValueError(f"field: one of {', '.join(LONGEST_LIMITS)}; got {field!r}")
+    if not isinstance(gpu_mem, int) or isinstance(gpu_mem, bool) or gpu_mem <= 0:
+        raise ValueError(f"gpu_mem: a positive number of bytes; got {gpu_mem!r}")
+    known = assumptions or {}
+    limit = LONGEST_LIMITS[field]
+
+    def totals(value: int) -> tuple[int, int]:
+        r = estimate(model, setup.replace(**{field: value}), **known)
+        return r.total, r.upper_total
+
+    def largest(which: int) -> int:
+        if totals(1)[which] > gpu_mem:
+            return 0
+        lo, hi = 1, 2
+        while hi <= limit and totals(hi)[which] <= gpu_mem:
+            lo, hi = hi, hi * 2
+        if hi > limit:
+            hi = limit + 1
+            if totals(limit)[which] <= gpu_mem:
+                return limit
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if totals(mid)[which] <= gpu_mem else (lo, mid)
+        return lo
+
+    point, upper = largest(0), largest(1)
+    return {"field": field, "gpu_mem": gpu_mem, "point": point, "upper": upper, "at_limit": point >= limit,
+            "batch": setup.batch, "seq": setup.seq}

@@ -163,6 +163,12 @@ def _print(result: Any, args: argparse.Namespace, gpu_mem: int | None) -> None:
         verdict = "fits" if data["fits"] else "does not fit"
         basis = " — judged on the upper bound" if isinstance(upper, dict) else ""
         print(f"  {verdict} in {fmt_bytes(gpu_mem)} (margin {fmt_bytes(data['margin'])}{basis})")
+    longest = data.get("longest_seq")
+    if isinstance(longest, dict):
+        more = " or more (the search's limit)" if longest["at_limit"] else ""
+        print(f"  longest sequence at batch {longest['batch']} that fits {fmt_bytes(longest['gpu_mem'])}: "
+              f"{longest['upper']:,} tokens by the upper bound (what 'fits' promises), {longest['point']:,}{more} "
+              f"by the point estimate")
 
 
 def _fail(message: str) -> int:
@@ -171,7 +177,7 @@ def _fail(message: str) -> int:
 
 
 def run_estimate(args: argparse.Namespace) -> int:
-    from labkit.memory.advice import fixes
+    from labkit.memory.advice import fixes, longest_fit
     from labkit.memory.arch import ArchError
     from labkit.memory.estimate import estimate
 
@@ -218,6 +224,8 @@ def run_estimate(args: argparse.Namespace) -> int:
     if gpu_mem is not None and not result.fits(gpu_mem):
         result.info["fixes"] = [f.to_dict() | {"text": f.text()}
                                 for f in fixes(args.model, setup, gpu_mem, assumptions=assumptions)[:5]]
+    if gpu_mem is not None:  # "how long can I go on this card?": the other half of the verdict
+        result.info["longest_seq"] = longest_fit(args.model, setup, gpu_mem, assumptions=assumptions)
     if getattr(args, "calibrate", False):
         from labkit.memory.calibrate import calibrate
 
