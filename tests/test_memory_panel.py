@@ -179,7 +179,7 @@ def test_model_alone_and_widget_wiring() -> None:
 def test_figures_and_strings() -> None:
     p = MemoryPanel("gpt2", setup=MemorySetup(batch=2, seq=256))
     figs = p.figures()
-    assert len(figs) == 1 and isinstance(figs[0], go.Figure) and len(figs[0].data) == 17
+    assert len(figs) == 1 and isinstance(figs[0], go.Figure) and len(figs[0].data) == 19  # + the two upper-bound curves
     assert all(v["ko"] for k, v in all_strings().items() if k.startswith("mem."))
 
 
@@ -208,3 +208,27 @@ def test_largest_batch_and_peak_on_cuda() -> None:
     assert abs(e.peak - m.info["max_memory_allocated"]) <= 0.05 * m.info["max_memory_allocated"]
     found = largest_batch(cfg, setup.replace(seq=4096), device="cuda", limit=64)
     assert found["batch"] >= 1 and any(t["ok"] for t in found["tried"])
+
+
+def test_the_curves_draw_the_verdicts_bound_and_say_how_long_fits() -> None:
+    """Beside each point-estimate curve, the upper bound the verdict is judged on (same estimates), and the
+    verdict names the longest listed length that fits the card by each; a bigger card reaches further."""
+    setup = MemorySetup(method="qlora", rank=32, targets="all-linear", precision="amp-bf16", optimizer="adamw8bit",
+                        batch=1, seq=2048, checkpointing=True)
+    p = MemoryPanel("llama-3.1-8b", setup=setup)
+    p.gpu.value = 24
+    xs, upper = list(p.fig.data[17].x), list(p.fig.data[17].y)
+    assert xs == list(p.fig.data[9].x) and len(xs) >= 8
+    for x, up, point in zip(xs, upper, p.fig.data[9].y):
+        r = estimate("llama-3.1-8b", p.setup(seq=x), **p.model.assumptions)
+        assert up == pytest.approx(r.upper_total / GiB) and point == pytest.approx(r.total / GiB) and up > point
+    assert list(p.fig.data[18].x) == list(p.fig.data[12].x) and p.fig.data[18].y[0] > p.fig.data[12].y[0]
+    longest = p.state["longest_seq"]
+    assert longest == {"upper": max(x for x, y in zip(xs, upper) if y <= 24),
+                       "point": max(x for x, y in zip(xs, p.fig.data[9].y) if y <= 24)}
+    assert longest["upper"] < longest["point"]
+    assert f"{longest['upper']:,} by the upper bound" in p.verdict.value
+    p.gpu.value = 80
+    assert p.state["longest_seq"]["upper"] > longest["upper"]
+    p.gpu.value = 8  # not even the shortest length: said, not a crash
+    assert p.state["longest_seq"]["upper"] is None and "none by the upper bound" in p.verdict.value

@@ -80,6 +80,12 @@ register({
                   "들어가지 않습니다: 최대 {upper} 필요 (점 추정 {total}), {gpu}보다 {over} 초과."),
     "mem.uncertain": ("The verdict uses the upper bound; it adds what the estimate cannot know: {terms}.",
                       "판정은 상한을 씁니다. 추정이 알 수 없는 항목을 더합니다: {terms}."),
+    "mem.longest": ("Longest length shown that fits {gpu} at batch {batch}: {upper} by the upper bound (the verdict), "
+                    "{point} by the point estimate.",
+                    "배치 {batch}에서 {gpu}에 들어가는 가장 긴 길이(표시된 값 중): 상한(판정) 기준 {upper}, "
+                    "점 추정 기준 {point}."),
+    "mem.none_fits": ("none", "없음"),
+    "mem.upper_curve": ("upper bound (verdict)", "상한 (판정)"),
     "mem.fixes": ("Cheapest changes:", "가장 저렴한 변경:"),
     "mem.nofix": ("No single change fits; combine them or use more GPUs.",
                   "단일 변경으로는 부족합니다. 여러 변경을 조합하거나 GPU를 늘리세요."),
@@ -183,16 +189,35 @@ class MemoryPanelModel(traitlets.HasTraits):
         return MemorySetup(**values)
 
     def curve(self, setup: MemorySetup, field: str, values: tuple[int, ...]) -> tuple[list, list]:
-        """Peak GB as one field of ``setup`` takes each of ``values`` (invalid values left out)."""
+        """Peak GB (point estimate) as one field of ``setup`` takes each of ``values`` (invalid values left out)."""
+        xs, point, _ = self.curves(setup, field, values)
+        return xs, point
+
+    def curves(self, setup: MemorySetup, field: str, values: tuple[int, ...]) -> tuple[list, list, list]:
+        """(values, point-estimate GB, upper-bound GB) as one field of ``setup`` takes each of ``values``, from
+        the same estimates (invalid values left out): the upper bound is what the verdict is judged on."""
         model = self.current_model
-        xs, ys = [], []
+        xs, point, upper = [], [], []
         for v in values:
             try:
-                ys.append(estimate(model, setup.replace(**{field: v}), **self.assumptions).total / GiB)
-                xs.append(v)
+                r = estimate(model, setup.replace(**{field: v}), **self.assumptions)
             except (SetupError, ValueError):
-                pass
-        return xs, ys
+                continue
+            xs.append(v)
+            point.append(r.total / GiB)
+            upper.append(r.upper_total / GiB)
+        return xs, point, upper
+
+    def longest(self, xs: list, point: list, upper: list) -> dict[str, int | None]:
+        """The largest of ``xs`` whose upper bound (the verdict) and whose point estimate fit the GPU
+        (None: not even the first)."""
+        gpu = self.gpu_gb
+
+        def last(ys: list) -> int | None:
+            fitting = [x for x, y in zip(xs, ys) if y <= gpu]
+            return max(fitting) if fitting else None
+
+        return {"upper": last(upper), "point": last(point)}
 
     def compute(self) -> dict[str, Any]:
         """The estimate, the curves and the fixes for this state (SetupError/ArchError/ValueError if invalid)."""
@@ -200,10 +225,13 @@ class MemoryPanelModel(traitlets.HasTraits):
         model = self.current_model
         known = self.assumptions
         result = estimate(model, setup, **known)
+        seq_x, seq_point, seq_upper = self.curves(setup, "seq", SEQ_CHOICES)
+        batch_x, batch_point, batch_upper = self.curves(setup, "batch", BATCH_CURVE)
         return {
             "setup": setup, "result": result,
-            "seq_curve": self.curve(setup, "seq", SEQ_CHOICES),
-            "batch_curve": self.curve(setup, "batch", BATCH_CURVE),
+            "seq_curve": (seq_x, seq_point), "seq_upper": (seq_x, seq_upper),
+            "batch_curve": (batch_x, batch_point), "batch_upper": (batch_x, batch_upper),
+            "longest_seq": self.longest(seq_x, seq_point, seq_upper),
             "fixes": fixes(model, setup, self.gpu_bytes, base_total=result.total, assumptions=known)
             if not result.fits(self.gpu_bytes) else [],
             "formula": formula_lines(model, setup, result),
@@ -353,6 +381,9 @@ class MemoryPanel(Panel):
                                  line={"dash": "dot", "color": "#2ca02c"}), 1, 2)
         fig.add_trace(go.Scatter(x=[], y=[], mode="markers", name=t("mem.calibration_points"),  # 16
                                  marker={"symbol": "x", "size": 10, "color": "#2ca02c"}), 1, 2)
+        for col, color in ((2, "#d62728"), (3, "#1f77b4")):  # 17, 18: the upper bound the verdict is judged on
+            fig.add_trace(go.Scatter(x=[], y=[], mode="lines", name=t("mem.upper_curve"), showlegend=col == 2,
+                                     line={"dash": "dashdot", "color": color, "width": 1}), 1, col)
         fig.update_layout(barmode="stack", height=420, margin={"t": 40})
         fig.update_xaxes(type="log", title_text="tokens", row=1, col=2)
         fig.update_xaxes(type="log", title_text="batch", row=1, col=3)
@@ -388,6 +419,8 @@ class MemoryPanel(Panel):
                 self.fig.data[idx + 2].x, self.fig.data[idx + 2].y = [], []
             for idx in (15, 16):  # a calibration belongs to the setup it was made for
                 self.fig.data[idx].x, self.fig.data[idx].y = [], []
+            for idx, key in ((17, "seq_upper"), (18, "batch_upper")):
+                self.fig.data[idx].x, self.fig.data[idx].y = state[key]
         self.verdict.value = self._verdict_html(result)
         self.formula.value = self._formula_html(state["formula"])
         self.note.value = ""
@@ -398,6 +431,14 @@ class MemoryPanel(Panel):
         terms = (r.info.get("upper") or {}).get("terms", {})
         named = ", ".join(f"{k.replace('_', ' ')} {fmt_bytes(v)}" for k, v in terms.items() if v > 0)
         why = f'<div style="color:#555">{html.escape(t("mem.uncertain", terms=named))}</div>' if named else ""
+        longest = (self.state or {}).get("longest_seq")
+        if longest and self.model.mode == "train":
+            def tokens(n: int | None) -> str:
+                return f"{n:,}" if n is not None else t("mem.none_fits")
+
+            line = t("mem.longest", gpu=fmt_bytes(gpu), batch=self.model.batch, upper=tokens(longest["upper"]),
+                     point=tokens(longest["point"]))
+            why += f'<div style="color:#555">{html.escape(line)}</div>'
         if r.fits(gpu):
             text = t("mem.fits", upper=fmt_bytes(upper), total=fmt_bytes(r.total), gpu=fmt_bytes(gpu),
                      margin=fmt_bytes(gpu - upper), moment=r.info.get("peak_moment", ""))
