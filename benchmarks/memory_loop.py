@@ -11,8 +11,7 @@ so the forward builds a KV cache), ``out.loss.backward()``, torch AdamW, ``zero_
 or dropped. Nothing of labkit's engine is involved. Each row compares the estimate made with what the
 loop does (``keeps_logits``, ``attn_mask``, ``use_cache=True``) with the loop's peak beyond its weights:
 the tracker's on CPU, ``max_memory_allocated`` less what was allocated before the loop on CUDA (where
-``max_memory_reserved`` is printed beside it). Expected: within 1 %, Phi-3 unpadded a few per cent over
-(its cache copies v out of the fused qkv output, which then dies: a saving the estimate leaves out).
+``max_memory_reserved`` is printed beside it). Expected: within 1 % (CPU, 40 loops: −0.03 … +0.07 %).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ def bench():
     ("llama", "full", False, True),
     ("gpt2", "lora", False, True),  # GPT-2 copies K/V out of its fused output
     ("phi3", "lora", True, False),
+    ("phi3", "lora", False, True),  # unpadded: attention keeps the cache's v copy; the fused qkv output dies
     ("gemma2", "full", True, False),  # eager attention
 ])
 def test_plain_loop_peak_matches_the_estimate(bench, family: str, method: str, padded: bool, keep: bool) -> None:

@@ -93,17 +93,17 @@ CHUNKED_LOSS_PATH = ("labkit chunked_lm_loss: LM head + cross-entropy on answer 
 _WALKS: "OrderedDict[tuple, tuple[ArchInfo, F.Inventory]]" = OrderedDict()
 
 
-def _inventory(arch: ArchInfo, setup: MemorySetup, route: tuple[bool, bool]) -> F.Inventory:
-    """:func:`formulas.activation_inventory`, walked once per (architecture, setup, route): one estimate
-    needs the same block walk up to three times (the saved tensors, the last block's backward, the
+def _inventory(arch: ArchInfo, setup: MemorySetup, route: tuple[bool, bool], kv_cache: bool = False) -> F.Inventory:
+    """:func:`formulas.activation_inventory`, walked once per (architecture, setup, route, KV cache): one
+    estimate needs the same block walk up to three times (the saved tensors, the last block's backward, the
     recomputed block), and the memory panel's curves ask for dozens of estimates per control change.
     The inventory returned is shared: read it, do not change it."""
-    key = (id(arch), setup, route)
+    key = (id(arch), setup, route, kv_cache)
     hit = _WALKS.get(key)
     if hit is not None and hit[0] is arch:  # the same object, not a new one at a recycled id
         _WALKS.move_to_end(key)
         return hit[1]
-    inv = F.activation_inventory(arch, setup, *route)
+    inv = F.activation_inventory(arch, setup, *route, kv_cache=kv_cache)
     _WALKS[key] = (arch, inv)
     if len(_WALKS) > 32:
         _WALKS.popitem(last=False)
@@ -282,9 +282,10 @@ def moments_from(comp: dict[str, int], setup: MemorySetup, transient: dict[str, 
 
 
 def activation_bytes(arch: ArchInfo, setup: MemorySetup, method: str = "formula",
-                     route: tuple[bool, bool] = (False, False)) -> tuple[dict[str, int], int]:
+                     route: tuple[bool, bool] = (False, False), kv_cache: bool = False) -> tuple[dict[str, int], int]:
     """(saved-for-backward bytes by name, logits bytes): the hand formula, or the exact fake-tensor trace
-    (which runs the flash-style route: ``route``'s extra bytes are added as the formulas count them)."""
+    (which runs the flash-style route: ``route``'s extra bytes are added as the formulas count them).
+    ``kv_cache``: the forward builds transformers' KV cache (the formula's ``kv_cache``; the trace leaves it out)."""
     if method == "trace" or arch.family is None:
         from labkit.memory.trace import trace_activations
 
@@ -296,7 +297,7 @@ def activation_bytes(arch: ArchInfo, setup: MemorySetup, method: str = "formula"
         if route[1] and layers:
             out["mask_bias"] = layers * mask_bias_layer_bytes(arch, setup)
         return out, traced["logits"]
-    return dict(_inventory(arch, setup, route).items), sum(F.logits_bytes(arch, setup).values())
+    return dict(_inventory(arch, setup, route, kv_cache).items), sum(F.logits_bytes(arch, setup).values())
 
 
 def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
@@ -353,7 +354,7 @@ def estimate(model: Any, setup: MemorySetup, *, activations: str = "formula",
         kv_repeat = True  # transformers' SDPA path repeats K/V whenever it is handed a mask
     route = (bool(kv_repeat), bool(attn_mask))
     if setup.trains:
-        acts, L = activation_bytes(arch, setup, activations, route)
+        acts, L = activation_bytes(arch, setup, activations, route, kv_cache=bool(use_cache))
     else:
         acts, L = {}, sum(F.logits_bytes(arch, setup).values())
     if path == LABEL_SMOOTHING and setup.trains:
@@ -536,7 +537,8 @@ def training_cache_terms(arch: ArchInfo, setup: MemorySetup, route: tuple[bool, 
 
     Elsewhere the cache *is* the saved K/V (its ``torch.cat`` copy replaces the RoPE output attention would
     have saved). Phi-3 without repeated K/V saves less with a cache — v is copied out of the fused qkv
-    output, which then dies — and the estimate leaves that saving out (it over-counts there).
+    output, which then dies — and the block walk counts that (``formulas.activation_inventory``'s
+    ``kv_cache``), not this term.
     Measured on CPU with a live-tensor tracker (toy Llama, Qwen2, Gemma-2, Phi-3, GPT-2; bf16 and AMP; two
     steps): ``tests/test_memory_estimate.py::test_training_kv_cache_matches_live_tensor_peak``.
     """

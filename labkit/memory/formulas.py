@@ -193,6 +193,7 @@ class _Walk:
         self.r = setup.rank
         self.cpu = setup.device == "cpu"
         self.req = self.full or setup.checkpointing  # does the residual stream need a gradient?
+        self.kv_cache = False  # the forward builds a KV cache (activation_inventory's ``kv_cache``)
 
     # -- primitive rules ----------------------------------------------------------------------
     def linear(self, key: str, name: str, x_key: str, x_bytes: int, fan_in: int, fan_out: int,
@@ -326,6 +327,8 @@ def _block_llama(w: _Walk, l: int, fused: bool = False, gemma: bool = False) -> 
         v_key = f"{P}.qkv_out"
         if w.amp and ob == 4:  # autocast casts the fp32 v slice to a fresh half tensor
             v_storage, v_key = w.tok * K * d * 2, f"{P}.v_half"
+        elif w.kv_cache:  # the cache's contiguous copy of the v slice is what attention keeps
+            v_storage, v_key = w.tok * K * d * ob, f"{P}.v_cache"
     else:
         q_req = w.linear(f"{P}.q", "self_attn.q_proj", n1, sb, h, H * d, x_req)
         k_req = w.linear(f"{P}.k", "self_attn.k_proj", n1, sb, h, K * d, x_req)
@@ -407,7 +410,7 @@ def _block_gpt2(w: _Walk, l: int) -> None:
 
 
 def activation_inventory(arch: ArchInfo, setup: MemorySetup, repeat_kv: bool = False,
-                         dense_mask: bool = False) -> Inventory:
+                         dense_mask: bool = False, kv_cache: bool = False) -> Inventory:
     """Every tensor autograd keeps for backward in one micro-batch (parameters excluded).
 
     The attention's route, where it is not the flash-style default (K/V at the key/value heads, no mask):
@@ -416,10 +419,15 @@ def activation_inventory(arch: ArchInfo, setup: MemorySetup, repeat_kv: bool = F
     padded batch) converts it to a float bias at every call and keeps it (b·s² per layer; not on the math
     path), and GPT-2's checkpointed blocks keep the (b, 1, s, s) boolean mask itself, once. Measured on
     CPU with padded batches (``tests/test_memory_groundtruth.py``).
+    ``kv_cache``: the forward builds transformers' KV cache (no checkpointing). Attention then gets the
+    cache's ``torch.cat`` copies of k and v; that changes what is saved only for Phi-3, whose v was a view
+    of the fused qkv output: attention keeps the cache's v copy instead and the fused output dies
+    (the live-tensor tracker: the estimate was up to 8 % over without this).
     """
     if arch.family is None:
         raise NotImplementedError(f"no hand-written formula for {arch.model_type}; use trace_activations")
     w = _Walk(arch, setup, repeat_kv, dense_mask)
+    w.kv_cache = kv_cache and not setup.checkpointing
     tok, h = w.tok, arch.hidden
     if not setup.trains:
         return w.inv
