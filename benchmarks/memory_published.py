@@ -156,6 +156,17 @@ def _assumptions(row: Row) -> dict[str, Any]:
                 attn_mask=row.attn_mask, use_cache=row.use_cache)
 
 
+def per_token_slope(results: list[dict[str, Any]], key: str, prefix: str = "unsloth/llama-3.1-8b@") -> float:
+    """MiB per token: the least-squares slope of ``key`` (``"measured"``, ``"estimate"``, ``"upper_total"``,
+    ``"replay"``; GiB) against the sequence length over the rows of one model and setup at several lengths
+    (unsloth's 8B column: what the issue read as "the measurements imply about 2.5 MiB per token")."""
+    pts = [(x["row"].setup["seq"], x["row"].measured if key == "measured" else x[key])
+           for x in results if x["row"].key.startswith(prefix)]
+    mx, my = statistics.fmean(p[0] for p in pts), statistics.fmean(p[1] for p in pts)
+    slope = sum((a - mx) * (b - my) for a, b in pts) / sum((a - mx) ** 2 for a, _ in pts)
+    return slope * 1024  # GiB per token → MiB per token
+
+
 def longest_at_card(row: Row) -> dict[str, Any]:
     """For a ``limit`` row (the longest sequence that fit a card): the longest sequence labkit says fits that
     card (:func:`labkit.memory.advice.longest_fit`) — by the upper bound, what a "fits" verdict promises (it
@@ -370,6 +381,13 @@ def main() -> int:
             a = longest_at_card(r)
             print(f"    {r.key[:46]:46s} published {a['published']:6d}; upper bound {a['upper']:6d} "
                   f"({a['upper_error']:+5.0f} %); point {a['point']:6d} ({a['point_error']:+5.0f} %)")
+    if sum(x["row"].key.startswith("unsloth/llama-3.1-8b@") for x in results) >= 2:
+        measured = per_token_slope(results, "measured")
+        cols = [("labkit point", "estimate"), ("upper bound", "upper_total")]
+        cols += [("allocator replay", "replay")] if all("replay" in x for x in results) else []
+        text = "; ".join(f"{name} {per_token_slope(results, key):.2f} "
+                         f"({(per_token_slope(results, key) - measured) / measured * 100:+.0f} %)" for name, key in cols)
+        print(f"  unsloth 8B rows, MiB per token (least squares over the cards): measured {measured:.2f}; {text}")
     by_key = {x["row"].key: x["row"] for x in results}
     mlp, attn = by_key.get("peft/lora--llama-3.2-3B-rank10-target-mlp"), by_key.get("peft/lora--llama-3.2-3B-rank32")
     if mlp and attn:

@@ -105,3 +105,9 @@ def test_the_longest_length_labkit_calls_fitting_ran_on_that_card(bench) -> None
             found = bench.longest_at_card(row)
             assert 0 < found["upper"] <= found["published"], (row.key, found)
             assert found["point"] > found["upper"], (row.key, found)
+
+
+def test_per_token_slope_reads_unsloths_column(bench, results) -> None:
+    """unsloth's 8B column is linear, 404.75 tokens per GB (to whole tokens): the least-squares slope is its inverse."""
+    assert bench.per_token_slope(results, "measured") == pytest.approx(1024 / 404.75, rel=1e-4)
+    assert bench.per_token_slope(results, "upper_total") > bench.per_token_slope(results, "estimate") > 0

@@ -116,7 +116,8 @@ class MemoryPanelModel(traitlets.HasTraits):
 
     :meth:`setup` is the :class:`labkit.memory.setup.MemorySetup` the state describes;
     :meth:`compute` runs the pure estimator (:func:`labkit.memory.estimate.estimate`), the two
-    curves (peak vs sequence length, vs batch) and, when it does not fit, the cheapest fixes.
+    curves (peak vs sequence length, vs batch; the point estimate and the verdict's upper bound), the
+    longest listed length that fits and, when it does not fit, the cheapest fixes.
     """
 
     model_key = traitlets.Unicode()
@@ -187,11 +188,6 @@ class MemoryPanelModel(traitlets.HasTraits):
             values["precision"] = "amp-" + values["precision"]  # QLoRA keeps fp32 master params
             values["compute_dtype"] = values["precision"][4:]
         return MemorySetup(**values)
-
-    def curve(self, setup: MemorySetup, field: str, values: tuple[int, ...]) -> tuple[list, list]:
-        """Peak GB (point estimate) as one field of ``setup`` takes each of ``values`` (invalid values left out)."""
-        xs, point, _ = self.curves(setup, field, values)
-        return xs, point
 
     def curves(self, setup: MemorySetup, field: str, values: tuple[int, ...]) -> tuple[list, list, list]:
         """(values, point-estimate GB, upper-bound GB) as one field of ``setup`` takes each of ``values``, from
