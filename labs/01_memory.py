@@ -101,10 +101,11 @@ record("estimate_over_measured_peak", est.peak / measured.peak)
 #
 # An OOM is the step needing more than the device has, at its peak moment. The estimator
 # answers for any GPU without owning one: full fine-tuning of SmolLM2-135M at batch 16 ×
-# 2048 tokens on a 16 GB card, and the cheapest changes that make it fit.
+# 2048 tokens on a 16 GB card, and the cheapest changes that make it fit — or, keeping the setup,
+# the longest sequence that fits: by the upper bound (what "fits" promises) and by the point estimate.
 
 # %%
-from labkit.memory.advice import fixes, greedy_plan
+from labkit.memory.advice import fixes, greedy_plan, longest_fit
 big = MemorySetup(method="full", precision="amp-bf16", batch=16, seq=2048, device="cuda")
 need = estimate("smollm2-135m", big)
 print(f"needs {need.total / 2**30:.1f} GiB (upper bound {need.upper_total / 2**30:.1f}); a 16 GB GPU has "
@@ -115,6 +116,10 @@ plan = greedy_plan("smollm2-135m", big, int(16e9))  # cheapest changes, one afte
 display(table([{"step": i + 1, "change": f.label, "total GiB": f.total / 2**30, "fits": f.fits}
                for i, f in enumerate(plan)]))
 record("oom_plan_fits", bool(plan and plan[-1].fits))
+reach = longest_fit("smollm2-135m", big, int(16e9))  # same setup, the sequence length as long as it fits
+print(f"batch 16 on a 16 GB card: up to {reach['upper']:,} tokens by the upper bound, "
+      f"{reach['point']:,} by the point estimate")
+record("longest_seq_16gb", reach["upper"])
 
 # %% [markdown]
 # ## 3 · Batch size vs gradient accumulation

@@ -53,6 +53,7 @@ CHECKS = {
     "01_memory": [
         ("estimate within 2x of the measurement", lambda r: 0.5 < r["estimate_over_measured_peak"] < 2),
         ("the fix plan makes the OOM setup fit", lambda r: r["oom_plan_fits"] is True),
+        ("a shorter sequence fits the card the OOM setup did not", lambda r: 0 < r["longest_seq_16gb"] < 2048),
         ("accumulation lowers peak memory", lambda r: r["accum_peak_ratio"] < 1),
         ("checkpointing saves activations", lambda r: r["checkpointing_activation_ratio"] < 1),
         ("ZeRO-3 shards model states", lambda r: r["zero3_over_zero0"] < 1),
