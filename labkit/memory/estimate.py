@@ -22,7 +22,8 @@ from labkit.memory.setup import MemorySetup
 CUDA_CONTEXT = 512 * 1024**2
 FRAGMENTATION = 0.05  # reserved − allocated, as a share of the peak (PyTorch caching allocator)
 # The upper bound behind a verdict (``fits`` / ``margin``): the terms the point estimate cannot know.
-FRAGMENTATION_UPPER = 0.15  # allocator slack with shapes that change step to step (bucketed batches)
+FRAGMENTATION_UPPER = 0.15  # allocator slack with shapes that change step to step (bucketed batches), of the
+# bytes beyond the weights (upper_bound)
 CUDA_CONTEXT_UPPER = 1024**3  # context + cuBLAS/cuDNN handles + NCCL-free kernel workspaces, large GPUs
 # The loss paths the logits terms depend on, by transformers version (read from each version's
 # modeling_llama.py / loss_utils.py; the live-tensor test runs a copy of each on CPU).
@@ -431,7 +432,8 @@ def upper_bound(arch: ArchInfo, setup: MemorySetup, comp: dict[str, int], trans:
     * a KV cache built in training (``training_kv_cache``, while ``use_cache`` is None): its K/V kept
       beside the saved tensors at the end of the forward and, with the output kept (or unknown), through
       the step and the next forward;
-    * allocator slack (reserved − allocated): 5 % in the point estimate, up to 15 % here;
+    * allocator slack (reserved − allocated): 5 % of the peak in the point estimate; here 15 % of the peak
+      beyond the weights (allocated once, first, never freed), at least the point's 5 % of everything;
     * a freed logits-sized block the caching allocator cannot hand on (``logits_block``, when the loss
       materialises the full logits): b·s·V·4. The allocator replay (:mod:`labkit.memory.reserved`) needs
       up to about one fp32 logits tensor beyond the allocated peak before a long-context step fits
@@ -461,7 +463,10 @@ def upper_bound(arch: ArchInfo, setup: MemorySetup, comp: dict[str, int], trans:
         terms["training_kv_cache"] = with_cache - up_peak
         up_peak = with_cache
     if setup.device == "cuda":
-        frag = int(FRAGMENTATION_UPPER * up_peak)
+        # slack comes from what the step allocates and frees; the weights are allocated once, first, and never
+        # freed (what loading left cached is released before an out-of-memory): 15 % of the rest, and never
+        # less than the point estimate's 5 % of everything
+        frag = int(max(FRAGMENTATION_UPPER * (up_peak - comp.get("weights", 0)), FRAGMENTATION * up_peak))
         terms["allocator_slack"] = frag - int(FRAGMENTATION * peak)
         if setup.trains and full_logits:
             terms["logits_block"] = setup.batch * setup.seq * arch.vocab * 4
