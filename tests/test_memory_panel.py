@@ -216,7 +216,7 @@ def test_the_curves_draw_the_verdicts_bound_and_say_how_long_fits() -> None:
     setup = MemorySetup(method="qlora", rank=32, targets="all-linear", precision="amp-bf16", optimizer="adamw8bit",
                         batch=1, seq=2048, checkpointing=True)
     p = MemoryPanel("llama-3.1-8b", setup=setup)
-    p.gpu.value = 24
+    p.gpu.value = 16
     xs, upper = list(p.fig.data[17].x), list(p.fig.data[17].y)
     assert xs == list(p.fig.data[9].x) and len(xs) >= 8
     for x, up, point in zip(xs, upper, p.fig.data[9].y):
@@ -224,8 +224,8 @@ def test_the_curves_draw_the_verdicts_bound_and_say_how_long_fits() -> None:
         assert up == pytest.approx(r.upper_total / GiB) and point == pytest.approx(r.total / GiB) and up > point
     assert list(p.fig.data[18].x) == list(p.fig.data[12].x) and p.fig.data[18].y[0] > p.fig.data[12].y[0]
     longest = p.state["longest_seq"]
-    assert longest == {"upper": max(x for x, y in zip(xs, upper) if y <= 24),
-                       "point": max(x for x, y in zip(xs, p.fig.data[9].y) if y <= 24)}
+    assert longest == {"upper": max(x for x, y in zip(xs, upper) if y <= 16),
+                       "point": max(x for x, y in zip(xs, p.fig.data[9].y) if y <= 16)}
     assert longest["upper"] < longest["point"]
     assert f"{longest['upper']:,} by the upper bound" in p.verdict.value
     p.gpu.value = 80
