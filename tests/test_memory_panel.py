@@ -55,7 +55,7 @@ def test_verdict_and_cheapest_fixes() -> None:
 
 
 def test_the_verdict_comes_from_the_upper_bound_not_the_point_estimate() -> None:
-    """A 16 GB card holds the point estimate (13.8 GB) but not the upper bound (16.7 GB): "does not fit"."""
+    """A 16 GB card holds the point estimate (13.8 GB) but not the upper bound (16.6 GB): "does not fit"."""
     setup = MemorySetup(method="qlora", rank=32, targets="all-linear", precision="amp-bf16", optimizer="adamw8bit",
                         batch=1, seq=2048, checkpointing=True)
     p = MemoryPanel("llama-3.1-8b", setup=setup, gpu_gb=16)

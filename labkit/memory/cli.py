@@ -185,7 +185,7 @@ def run_estimate(args: argparse.Namespace) -> int:
         # An estimate answers "will it fit on my GPU?", also when asked from a laptop: without --device
         # it is made for CUDA (MemorySetup's default, as in the panel), or the CPU's cheaper bound would
         # say "fits" where the GPU runs out (llama-3.1-8b QLoRA at 5,789 tokens: upper bound 22.8 GiB on
-        # cpu, 29.9 on cuda). Calibration runs real steps, so it stays on this machine.
+        # cpu, 28.9 on cuda). Calibration runs real steps, so it stays on this machine.
         setup = setup_from_args(args, on_this_machine=getattr(args, "calibrate", False))
         gpu_mem = parse_size(args.gpu_mem) if args.gpu_mem else None
         method = getattr(args, "activations", "formula")
