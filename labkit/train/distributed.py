@@ -140,8 +140,12 @@ def gather_to_main(obj: Any) -> list[Any]:
 
 
 def finish() -> None:
-    """Leave the process group, if a launcher made one (no-op when training alone)."""
+    """Leave the process group, if a launcher made one (no-op when training alone).
+
+    Every rank waits for the others first: a rank that tore gloo down while rank 0 was still receiving
+    its record (``gather_to_main``) once aborted in CI ("terminate called without an active exception")."""
     if td.is_available() and td.is_initialized():
+        td.barrier()
         td.destroy_process_group()
 
 
