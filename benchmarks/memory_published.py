@@ -189,16 +189,12 @@ def _figure(row: Row, r: Any) -> float:
     return {"active": r.peak, "reserved": r.info["reserved"], "limit": r.total}[row.kind] / GiB
 
 
-def _first_length(reaches: Any, start: int, lo: int = 64) -> int:
-    """The least sequence length at which ``reaches(seq)`` holds (it grows with the length): doubling from
-    2·``start``, then bisection."""
-    hi = 2 * start
-    while not reaches(hi):
-        hi *= 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if reaches(mid) else (mid, hi)
-    return hi
+def _first_length(reaches: Any) -> int:
+    """The least sequence length at which ``reaches(seq)`` holds (it grows with the length): one past the
+    longest that does not (:func:`labkit.memory.advice.largest_where`, the search ``longest_fit`` makes)."""
+    from labkit.memory.advice import LONGEST_LIMITS, largest_where
+
+    return largest_where(lambda seq: not reaches(seq), LONGEST_LIMITS["seq"]) + 1
 
 
 def evaluate(row: Row) -> dict[str, Any]:
@@ -223,7 +219,7 @@ def matching_length(row: Row) -> int:
     """The sequence length at which labkit's point estimate equals the measurement (as the row's kind of
     figure). For a row whose length is only a cap (``seq_is_max``) this is a diagnostic, not a fit: rows
     that agree on one length say the estimate's shape is right and only the peak length is unknown."""
-    return _first_length(lambda seq: _figure(row, _estimate(row, seq)[1]) >= row.measured, row.setup["seq"])
+    return _first_length(lambda seq: _figure(row, _estimate(row, seq)[1]) >= row.measured)
 
 
 def difference_length(a: Row, b: Row) -> int:
@@ -235,7 +231,7 @@ def difference_length(a: Row, b: Row) -> int:
     def gap(seq: int) -> float:
         return _figure(a, _estimate(a, seq)[1]) - _figure(b, _estimate(b, seq)[1])
 
-    return _first_length(lambda seq: gap(seq) >= a.measured - b.measured, a.setup["seq"])
+    return _first_length(lambda seq: gap(seq) >= a.measured - b.measured)
 
 
 def replay(row: Row) -> dict[str, Any]:
@@ -385,8 +381,8 @@ def main() -> int:
         measured = per_token_slope(results, "measured")
         cols = [("labkit point", "estimate"), ("upper bound", "upper_total")]
         cols += [("allocator replay", "replay")] if all("replay" in x for x in results) else []
-        text = "; ".join(f"{name} {per_token_slope(results, key):.2f} "
-                         f"({(per_token_slope(results, key) - measured) / measured * 100:+.0f} %)" for name, key in cols)
+        slopes = {name: per_token_slope(results, key) for name, key in cols}
+        text = "; ".join(f"{name} {v:.2f} ({(v - measured) / measured * 100:+.0f} %)" for name, v in slopes.items())
         print(f"  unsloth 8B rows, MiB per token (least squares over the cards): measured {measured:.2f}; {text}")
     by_key = {x["row"].key: x["row"] for x in results}
     mlp, attn = by_key.get("peft/lora--llama-3.2-3B-rank10-target-mlp"), by_key.get("peft/lora--llama-3.2-3B-rank32")

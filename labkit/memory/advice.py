@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from labkit.memory.breakdown import fmt_bytes
 from labkit.memory.estimate import estimate
@@ -122,6 +122,24 @@ def greedy_plan(model: Any, setup: MemorySetup, gpu_mem: int, max_steps: int = 5
 LONGEST_LIMITS = {"seq": 10_000_000, "batch": 1_000_000}
 
 
+def largest_where(holds: Callable[[int], bool], limit: int) -> int:
+    """The largest n in 1..``limit`` for which ``holds(n)`` is true, for a ``holds`` that stays true up to some
+    n and false after (memory fits up to some length): doubling, then bisection. 0: not even 1."""
+    if not holds(1):
+        return 0
+    lo, hi = 1, 2
+    while hi <= limit and holds(hi):
+        lo, hi = hi, hi * 2
+    if hi > limit:
+        if holds(limit):
+            return limit
+        hi = limit
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if holds(mid) else (lo, mid)
+    return lo
+
+
 def longest_fit(model: Any, setup: MemorySetup, gpu_mem: int, *, field: str = "seq",
                 assumptions: dict[str, Any] | None = None) -> dict[str, Any]:
     """The longest sequence (``field="seq"``) or largest micro-batch (``"batch"``) that fits ``gpu_mem``,
@@ -129,9 +147,9 @@ def longest_fit(model: Any, setup: MemorySetup, gpu_mem: int, *, field: str = "s
 
     Two answers: ``upper`` — where the upper bound still fits (what a "fits" verdict promises: it must not
     run out of memory) — and ``point``, where the point estimate does (about where a run really stops).
-    Memory grows with either field, so each is found by doubling then bisection (about 2·log2(answer)
-    estimates, a few ms each). 0: not even 1 fits. ``at_limit``: the search stopped at MemorySetup's
-    largest allowed value, so the true answer may be larger.
+    Memory grows with either field, so each is found by doubling then bisection (:func:`largest_where`;
+    one estimate per value tried serves both, a few ms each). 0: not even 1 fits. ``at_limit``: the search
+    stopped at MemorySetup's largest allowed value, so the true answer may be larger.
     """
     if field not in LONGEST_LIMITS:
         raise ValueError(f"field: one of {', '.join(LONGEST_LIMITS)}; got {field!r}")
@@ -139,26 +157,15 @@ def longest_fit(model: Any, setup: MemorySetup, gpu_mem: int, *, field: str = "s
         raise ValueError(f"gpu_mem: a positive number of bytes; got {gpu_mem!r}")
     known = assumptions or {}
     limit = LONGEST_LIMITS[field]
+    seen: dict[int, tuple[int, int]] = {}
 
     def totals(value: int) -> tuple[int, int]:
-        r = estimate(model, setup.replace(**{field: value}), **known)
-        return r.total, r.upper_total
+        if value not in seen:
+            r = estimate(model, setup.replace(**{field: value}), **known)
+            seen[value] = (r.total, r.upper_total)
+        return seen[value]
 
-    def largest(which: int) -> int:
-        if totals(1)[which] > gpu_mem:
-            return 0
-        lo, hi = 1, 2
-        while hi <= limit and totals(hi)[which] <= gpu_mem:
-            lo, hi = hi, hi * 2
-        if hi > limit:
-            hi = limit + 1
-            if totals(limit)[which] <= gpu_mem:
-                return limit
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if totals(mid)[which] <= gpu_mem else (lo, mid)
-        return lo
-
-    point, upper = largest(0), largest(1)
+    point = largest_where(lambda v: totals(v)[0] <= gpu_mem, limit)
+    upper = largest_where(lambda v: totals(v)[1] <= gpu_mem, limit)
     return {"field": field, "gpu_mem": gpu_mem, "point": point, "upper": upper, "at_limit": point >= limit,
             "batch": setup.batch, "seq": setup.seq}

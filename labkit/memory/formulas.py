@@ -178,9 +178,11 @@ def kv_cache_dtypes(setup: MemorySetup, rope: bool = True) -> tuple[int, int]:
 class _Walk:
     """Walks a block's forward, recording what each op saves for backward."""
 
-    def __init__(self, arch: ArchInfo, setup: MemorySetup, repeat_kv: bool = False, dense_mask: bool = False) -> None:
+    def __init__(self, arch: ArchInfo, setup: MemorySetup, repeat_kv: bool = False, dense_mask: bool = False,
+                 kv_cache: bool = False) -> None:
         self.a, self.s = arch, setup
         self.repeat_kv, self.dense_mask = repeat_kv, dense_mask  # the attention's route (see activation_inventory)
+        self.kv_cache = kv_cache and not setup.checkpointing  # the forward builds a KV cache (checkpointing: none)
         self.inv = Inventory()
         self.tok = setup.batch * setup.seq
         self.stream = stream_bytes(setup)
@@ -193,7 +195,6 @@ class _Walk:
         self.r = setup.rank
         self.cpu = setup.device == "cpu"
         self.req = self.full or setup.checkpointing  # does the residual stream need a gradient?
-        self.kv_cache = False  # the forward builds a KV cache (activation_inventory's ``kv_cache``)
 
     # -- primitive rules ----------------------------------------------------------------------
     def linear(self, key: str, name: str, x_key: str, x_bytes: int, fan_in: int, fan_out: int,
@@ -426,8 +427,7 @@ def activation_inventory(arch: ArchInfo, setup: MemorySetup, repeat_kv: bool = F
     """
     if arch.family is None:
         raise NotImplementedError(f"no hand-written formula for {arch.model_type}; use trace_activations")
-    w = _Walk(arch, setup, repeat_kv, dense_mask)
-    w.kv_cache = kv_cache and not setup.checkpointing
+    w = _Walk(arch, setup, repeat_kv, dense_mask, kv_cache)
     tok, h = w.tok, arch.hidden
     if not setup.trains:
         return w.inv
