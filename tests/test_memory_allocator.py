@@ -260,3 +260,20 @@ def test_the_verdicts_bound_covers_the_replay_where_the_weights_dominate() -> No
     upper = est.info["upper"]
     assert upper["total"] >= sim["needs"] + CUDA_CONTEXT
     assert upper["terms"]["allocator_slack"] < (FRAGMENTATION_UPPER - FRAGMENTATION) * est.peak / 2
+
+
+def test_the_allocator_slack_sweep_tells_reserved_from_what_the_card_needs() -> None:
+    """benchmarks/allocator_slack.py, one case: the replay's three figures are ordered (allocated ≤ the smallest
+    card ≤ reserved on a card with room), labkit's allocated peak is the replay's, and the verdict's bound
+    covers the card the replay needs — the promise the sweep checks on 50 setups."""
+    from conftest import load_benchmark
+
+    bench = load_benchmark("allocator_slack")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = bench.case("tiny", "full", 64)
+    assert r["allocated"] <= r["needs"] <= r["reserved"]
+    assert abs(r["point_allocated_error"]) < 0.01
+    assert r["upper_total_vs_card"] >= 0
+    s = bench.summary([r])
+    assert s["cases"] == 1 and s["upper_total_under_card"] == [] and s["needs_over"]["max"] == r["needs_over"]
