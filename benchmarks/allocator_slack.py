@@ -2,7 +2,8 @@
 
     python benchmarks/allocator_slack.py            # six families × full / LoRA / QLoRA × three lengths, + 7-14B QLoRA
     python benchmarks/allocator_slack.py --depth    # + Llama-3.1-8B QLoRA at 5,789 tokens, cut to 1, 2, 4, 8, 32 layers
-    python benchmarks/allocator_slack.py --quick    # SmolLM2-135M only (what the test runs)
+    python benchmarks/allocator_slack.py --quick    # SmolLM2-135M only
+    python benchmarks/allocator_slack.py --device cuda --json slack.json   # the replay against a real card
 
 Two figures sit above the allocated peak, and they are not the same:
 
@@ -19,6 +20,11 @@ For each setup this script records two training steps of the real model on fake 
 rules, and prints reserved and needs over the allocated peak, the point estimate's error against each,
 and whether the upper bound covers each. ``--depth`` shows how much of the slack is the allocator's
 history: the same step, cut to fewer layers, strands a different share of a logits block.
+
+``--device cuda`` checks the replay against the real allocator on a few of these setups (random weights at
+full size): ``max_memory_allocated``, ``max_memory_reserved`` and the smallest allocator cap the steps run
+under (:func:`labkit.memory.measure.smallest_card`, real OOMs), beside the replay's three figures and
+labkit's point and upper totals against the card that implies (+ the CUDA context measured on that card).
 """
 
 from __future__ import annotations
@@ -48,6 +54,10 @@ LENGTHS = (512, 2048, 8192)
 # freed after it) are the largest blocks the step frees and reuses
 WEIGHT_DOMINATED = (("llama-3.1-8b", "qlora", 512), ("mistral-7b", "qlora", 512), ("phi-3-medium", "qlora", 512))
 QUICK = (("smollm2-135m",), (64, 512))
+# On a GPU, most telling first (results are written after each): the stranded logits block (QLoRA under
+# autocast at 8,192 tokens), full fine-tuning where the card needs +14 %, plain LoRA, a second stranding case.
+GPU_CASES = (("llama-3.2-1b", "qlora", 8192), ("qwen2.5-0.5b", "full", 2048), ("llama-3.2-1b", "lora", 2048),
+             ("smollm2-360m", "qlora", 8192))
 # What the recording assumes (and the estimate is told): a loop that drops its output, no padding, no KV cache.
 ASSUMPTIONS = dict(keeps_logits=False, kv_repeat=False, attn_mask=False, use_cache=False)
 NEEDS_RESOLUTION = 1 << 20
@@ -135,6 +145,43 @@ def depth_sensitivity(model: str = "llama-3.1-8b", seq: int = 5789,
     return out
 
 
+def on_gpu(cases: tuple[tuple[str, str, int], ...] = GPU_CASES, json_path: str | None = None) -> list[dict[str, Any]]:
+    """Each case measured on the CUDA card beside its replay; the JSON is rewritten after every case."""
+    import json
+
+    from labkit.memory.estimate import estimate
+    from labkit.memory.measure import smallest_card
+    from labkit.memory.setup import MemorySetup
+
+    out = []
+    for model, method, seq in cases:
+        entry: dict[str, Any] = {"model": model, "method": method, "seq": seq}
+        try:
+            setup = MemorySetup(device="cuda", batch=1, seq=seq, attn="sdpa", **METHODS[method])
+            real = smallest_card(model, setup, device="cuda", steps=2)
+            sim = case(model, method, seq)
+            r = estimate(model, setup, **ASSUMPTIONS)
+            card = real["needs"] + real["context"]
+            entry.update(measured={k: real[k] for k in ("allocated", "reserved", "needs", "context")},
+                         replay={k: sim[k] for k in ("allocated", "reserved", "needs")},
+                         replay_error={k: sim[k] / real[k] - 1 for k in ("allocated", "reserved", "needs")},
+                         point_total_vs_card=r.total / card - 1, upper_total_vs_card=r.upper_total / card - 1,
+                         tries=len(real["tried"]))
+            e = entry["replay_error"]
+            print(f"{model:>14} {method:>5} s{seq:<5} measured allocated {real['allocated'] / GiB:6.2f}, reserved "
+                  f"{real['reserved'] / GiB:6.2f}, needs {real['needs'] / GiB:6.2f} GiB (context "
+                  f"{real['context'] / GiB:.2f}); replay {_pct(e['allocated'])} / {_pct(e['reserved'])} / "
+                  f"{_pct(e['needs'])}; card: point {_pct(entry['point_total_vs_card'])}, upper "
+                  f"{_pct(entry['upper_total_vs_card'])}", flush=True)
+        except Exception as exc:  # one failed case is recorded; the rest go on
+            entry["error"] = f"{type(exc).__name__}: {exc}"[:500]
+            print(f"{model} {method} s{seq}: {entry['error']}", flush=True)
+        out.append(entry)
+        if json_path:
+            Path(json_path).write_text(json.dumps(out, indent=1))
+    return out
+
+
 def _quantiles(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     return {"min": ordered[0], "median": statistics.median(ordered),
@@ -192,8 +239,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="SmolLM2-135M only")
     parser.add_argument("--depth", action="store_true", help="+ the 8B row cut to fewer layers")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="cuda: measure a few setups on the card beside their replay (instead of the grid)")
+    parser.add_argument("--json", help="with --device cuda: write the results here (after every case)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("allocator_slack.py: --device cuda: no CUDA device here", file=sys.stderr)
+            return 2
+        on_gpu(json_path=args.json)
+        return 0
     rows = grid(*QUICK, extra=()) if args.quick else grid()
     _print_summary(summary(rows))
     if args.depth:

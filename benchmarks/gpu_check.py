@@ -14,6 +14,9 @@ rewritten after every part so finished results are never lost):
   ``estimate(attn_mask=True)``) — whether CUDA's memory-efficient kernel keeps what the CPU kernel keeps;
 * ``memory_loop``: ``memory_loop.py --device cuda`` — a plain transformers loop (output kept, padded batches,
   the KV cache the forward builds, torch AdamW) against the estimate made with what the loop does;
+* ``allocator``: ``allocator_slack.py --device cuda`` — the allocator replay against the real caching
+  allocator: ``max_memory_allocated``, ``max_memory_reserved`` and the smallest allocator cap the steps run
+  under (real OOMs), on the setups where the replay says a logits block is stranded;
 * ``precision``: ``mixed_precision.py --device cuda`` — fp32, fp16 without and with loss scaling,
   bf16 autocast and pure bf16 on the same fine-tune (inf/NaN steps, skipped steps, time, memory);
 * ``vs_trainer``: ``vs_hf_trainer.py --device cuda`` — labkit's engine vs ``transformers.Trainer`` +
@@ -40,9 +43,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-PARTS = ("memory", "memory_padded", "memory_loop", "precision", "vs_trainer", "lab")
-SHARE = {"memory": 0.15, "memory_padded": 0.1, "memory_loop": 0.05, "precision": 0.2, "vs_trainer": 0.25,
-         "lab": 0.25}  # of the budget
+PARTS = ("memory", "memory_padded", "memory_loop", "allocator", "precision", "vs_trainer", "lab")
+SHARE = {"memory": 0.15, "memory_padded": 0.1, "memory_loop": 0.05, "allocator": 0.2, "precision": 0.15,
+         "vs_trainer": 0.2, "lab": 0.15}  # of the budget
 
 
 def smollm2_available() -> bool:
@@ -64,6 +67,8 @@ def plan(parts: list[str], work: Path, lab: str, have_smollm2: bool) -> dict[str
                            "--json", str(work / "memory_padded.json")], work / "memory_padded.json"),
         "memory_loop": ([py, str(HERE / "memory_loop.py"), "--device", "cuda", "--json", str(work / "memory_loop.json")],
                         work / "memory_loop.json"),
+        "allocator": ([py, str(HERE / "allocator_slack.py"), "--device", "cuda", "--json", str(work / "allocator.json")],
+                      work / "allocator.json"),
         "precision": ([py, str(HERE / "mixed_precision.py"), "--device", "cuda", "--steps", "30",
                        "--out", str(work / "precision.json")], work / "precision.json"),
         "vs_trainer": ([py, str(HERE / "vs_hf_trainer.py"), "--device", "cuda", "--models", models,

@@ -25,7 +25,7 @@ def gpu_check():
 def test_dry_run_plans_every_part_with_scripts_that_exist(gpu_check, capsys):
     assert gpu_check.main(["--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    parts = ["memory", "memory_padded", "memory_loop", "precision", "vs_trainer", "lab"]
+    parts = ["memory", "memory_padded", "memory_loop", "allocator", "precision", "vs_trainer", "lab"]
     assert [line.split()[0] for line in lines] == parts
     for line in lines:
         scripts = [w for w in line.split() if w.endswith((".py", ".ipynb"))]

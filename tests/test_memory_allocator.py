@@ -277,3 +277,34 @@ def test_the_allocator_slack_sweep_tells_reserved_from_what_the_card_needs() -> 
     assert r["upper_total_vs_card"] >= 0
     s = bench.summary([r])
     assert s["cases"] == 1 and s["upper_total_under_card"] == [] and s["needs_over"]["max"] == r["needs_over"]
+
+
+def test_the_gpu_side_of_the_sweep_records_each_case_and_goes_on(tmp_path, monkeypatch) -> None:
+    """benchmarks/allocator_slack.py --device cuda, with the card's measurement stood in (no GPU here): each
+    case is compared with its replay and written at once; a case that fails is recorded and the next runs."""
+    import importlib
+    import json
+
+    from conftest import load_benchmark
+
+    measure_mod = importlib.import_module("labkit.memory.measure")  # the package exports a function of that name
+
+    bench = load_benchmark("allocator_slack")
+    calls = []
+
+    def fake_card(model, setup, **_kw):
+        calls.append(model)
+        if model == "broken":
+            raise RuntimeError("CUDA error: out of cheese")
+        return {"needs": 50 << 20, "allocated": 40 << 20, "reserved": 60 << 20, "context": 500 << 20, "tried": [{}]}
+
+    monkeypatch.setattr(measure_mod, "smallest_card", fake_card)
+    out = tmp_path / "slack.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = bench.on_gpu((("broken", "full", 64), ("tiny", "full", 64)), json_path=str(out))
+    assert calls == ["broken", "tiny"] and json.loads(out.read_text()) == rows
+    assert "out of cheese" in rows[0]["error"]
+    good = rows[1]
+    assert set(good["replay_error"]) == {"allocated", "reserved", "needs"} and good["tries"] == 1
+    assert good["upper_total_vs_card"] > good["point_total_vs_card"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import plotly.graph_objects as go
@@ -208,6 +210,36 @@ def test_largest_batch_and_peak_on_cuda() -> None:
     assert abs(e.peak - m.info["max_memory_allocated"]) <= 0.05 * m.info["max_memory_allocated"]
     found = largest_batch(cfg, setup.replace(seq=4096), device="cuda", limit=64)
     assert found["batch"] >= 1 and any(t["ok"] for t in found["tried"])
+
+
+def test_smallest_card_search_needs_cuda() -> None:
+    import torch
+
+    from labkit.memory.measure import MeasureRefused, smallest_card
+
+    if torch.cuda.is_available():
+        pytest.skip("covered by the GPU test")
+    with pytest.raises(MeasureRefused, match="CUDA"):
+        smallest_card(toy_config("llama"), MemorySetup(), device="cpu")
+    out = subprocess.run([sys.executable, "-m", "labkit", "measure", "--model", "tiny", "--device", "cpu",
+                          "--smallest-card"], capture_output=True, text=True, check=False)
+    assert out.returncode == 1 and "CUDA" in out.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_smallest_card_lies_between_the_peaks_and_a_cap_there_runs() -> None:
+    """On a GPU: the least allocator cap that runs lies between max_memory_allocated and max_memory_reserved
+    (the allocator frees its cache before a capped request fails), and the tries below it were real OOMs."""
+    from labkit.memory.measure import smallest_card
+
+    cfg = toy_config("llama", hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
+                     num_key_value_heads=4, vocab_size=8192)
+    found = smallest_card(cfg, MemorySetup(batch=8, seq=1024, precision="amp-bf16", device="cuda"), device="cuda",
+                          resolution=4 << 20)
+    assert found["allocated"] <= found["needs"] <= found["reserved"]
+    assert all(t["cap"] >= found["needs"] for t in found["tried"] if t["ok"])
+    assert all(t["cap"] < found["needs"] for t in found["tried"] if not t["ok"])
 
 
 def test_the_curves_draw_the_verdicts_bound_and_say_how_long_fits() -> None:

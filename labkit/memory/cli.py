@@ -92,6 +92,9 @@ def add_measure_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "model, as with batches padded to their longest row (compare: estimate --attn-mask yes)")
     p.add_argument("--largest-batch", action="store_true",
                    help="CUDA: search the largest micro-batch that really runs (catches real OOMs)")
+    p.add_argument("--smallest-card", action="store_true",
+                   help="CUDA: search the least memory torch must be allowed for the steps to run (the allocator "
+                        "capped with set_per_process_memory_fraction; real OOMs) — what a smaller card needs")
     p.set_defaults(func=run_measure)
     return p
 
@@ -261,6 +264,18 @@ def run_measure(args: argparse.Namespace) -> int:
             found = largest_batch(args.model, setup, device=setup.device, steps=max(2, min(steps, 3)))
             print(json.dumps(found) if args.json else f"largest micro-batch that runs: {found['batch']} "
                   f"(estimate said {found['estimate']}; tried {[t['batch'] for t in found['tried']]})")
+            return 0
+        if getattr(args, "smallest_card", False):
+            from labkit.memory.estimate import CUDA_CONTEXT
+            from labkit.memory.measure import smallest_card
+
+            found = smallest_card(args.model, setup, device=setup.device, steps=max(2, min(steps, 3)))
+            found["card"] = found["needs"] + found["context"]
+            print(json.dumps(found) if args.json else
+                  f"smallest allocator cap that runs: {fmt_bytes(found['needs'])} (+ this card's CUDA context "
+                  f"{fmt_bytes(found['context'])}: a {fmt_bytes(found['card'])} card; labkit assumes "
+                  f"{fmt_bytes(CUDA_CONTEXT)}); uncapped max_memory_allocated {fmt_bytes(found['allocated'])}, "
+                  f"max_memory_reserved {fmt_bytes(found['reserved'])}; {len(found['tried'])} capped tries")
             return 0
         result = measure(args.model, setup, steps=steps, device=setup.device, padded=getattr(args, "padded", False))
     except MeasureRefused as exc:  # first: a LabkitError, so a ValueError too, but a runtime refusal (exit 1)

@@ -369,3 +369,68 @@ def largest_batch(model: Any, setup: MemorySetup, *, device: str | torch.device 
             hi = mid
     est_batch = guess
     return {"batch": lo, "tried": tried, "estimate": est_batch}
+
+
+def smallest_card(model: Any, setup: MemorySetup, *, device: str | torch.device | None = None, steps: int = 2,
+                  resolution: int = 32 << 20) -> dict[str, Any]:
+    """CUDA: the least memory the caching allocator may reserve for ``steps`` real steps of ``setup`` to run —
+    what a smaller card must leave torch (the card also holds the CUDA context, ``context`` here).
+
+    The allocator replay's ``needs`` (:func:`labkit.memory.reserved.simulate`), measured. The model is built
+    once, uncapped, and its loading leftovers released, so the weights sit in the allocator first, as in the
+    replay. One uncapped run gives ``max_memory_allocated`` and ``max_memory_reserved``; then each try caps
+    the allocator with ``torch.cuda.set_per_process_memory_fraction`` (a capped request makes the allocator
+    free its cached segments and retry before it fails, as on a full card) and runs the steps again; a try
+    that fails is a real ``torch.cuda.OutOfMemoryError``. Bisection between the two peaks, to ``resolution``.
+    Returns ``{"needs", "allocated", "reserved", "context", "tried": [{"cap", "ok"}...]}`` (bytes).
+    """
+    import gc
+
+    from labkit.device import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type != "cuda":
+        raise MeasureRefused("--device: the smallest-card search needs a CUDA device (it caps the CUDA allocator)")
+    if resolution < 2 << 20:
+        raise ValueError(f"resolution: at least 2 MiB (the allocator's segment rounding); got {resolution}")
+    total = torch.cuda.get_device_properties(dev).total_memory
+    net = build_model(model, setup, dev)
+    tried: list[dict[str, Any]] = []
+
+    def run(cap: int | None) -> dict[str, int] | None:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(1.0 if cap is None else min(1.0, cap / total), dev)
+        try:
+            r = measure(model, setup, steps=steps, device=dev, check_fits=False, net=net)
+            return {"allocated": r.info["max_memory_allocated"], "reserved": r.info["max_memory_reserved"]}
+        except torch.cuda.OutOfMemoryError:
+            return None
+        finally:
+            for prm in net.parameters():  # the next try starts as the first did: no gradients held
+                prm.grad = None
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.set_per_process_memory_fraction(1.0, dev)
+
+    try:
+        free_run = run(None)
+        if free_run is None:
+            raise MeasureRefused("--model: the setup does not run on this card even uncapped; measure a smaller one")
+        free, _ = torch.cuda.mem_get_info(dev)  # after a run: the kernels it loaded lazily are in the context
+        context = total - free - torch.cuda.memory_reserved(dev)  # what the card holds outside the allocator
+        lo, hi = free_run["allocated"], free_run["reserved"]  # a cap below allocated cannot hold the live tensors
+        while hi - lo > resolution:
+            mid = (lo + hi) // 2
+            ok = run(mid) is not None
+            tried.append({"cap": mid, "ok": ok})
+            if ok:
+                hi = mid
+            else:
+                lo = mid
+    finally:
+        net = None  # the model's memory goes back before this returns
+        gc.collect()
+        torch.cuda.empty_cache()
+    return {"needs": hi, "allocated": free_run["allocated"], "reserved": free_run["reserved"],
+            "context": int(context), "tried": tried}
