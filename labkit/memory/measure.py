@@ -393,7 +393,7 @@ def smallest_card(model: Any, setup: MemorySetup, *, device: str | torch.device 
         raise MeasureRefused("--device: the smallest-card search needs a CUDA device (it caps the CUDA allocator)")
     if resolution < 2 << 20:
         raise ValueError(f"resolution: at least 2 MiB (the allocator's segment rounding); got {resolution}")
-    total = torch.cuda.get_device_properties(dev).total_memory
+    total = torch.cuda.mem_get_info(dev)[1]  # the total a memory fraction is taken of
     net = build_model(model, setup, dev)
     tried: list[dict[str, Any]] = []
 
