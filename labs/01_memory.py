@@ -68,7 +68,11 @@ DEVICE = "cuda" if LAB.device == "cuda" else "cpu"
 # estimate beside it — and lists the cheapest fixes. **Measure** runs the same setup here for
 # three real optimizer steps and draws the measured bars beside the estimate; **Calibrate**
 # runs two short real runs (1/8 and 1/4 of the length) and draws the estimate corrected by
-# what this machine added, next to the uncorrected curve.
+# what this machine added, next to the uncorrected curve. **Replay the allocator** runs two
+# steps at full size on fake tensors (no memory used) through PyTorch's caching-allocator rules
+# and marks the smallest card they run on: more than the tensors, because the allocator caches
+# and splits blocks, and less than `max_memory_reserved` reads on a bigger card, because near its
+# limit the allocator frees its cache before it gives up.
 
 # %%
 from labkit.memory.estimate import estimate

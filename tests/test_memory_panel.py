@@ -181,7 +181,7 @@ def test_model_alone_and_widget_wiring() -> None:
 def test_figures_and_strings() -> None:
     p = MemoryPanel("gpt2", setup=MemorySetup(batch=2, seq=256))
     figs = p.figures()
-    assert len(figs) == 1 and isinstance(figs[0], go.Figure) and len(figs[0].data) == 19  # + the two upper-bound curves
+    assert len(figs) == 1 and isinstance(figs[0], go.Figure) and len(figs[0].data) == 20  # + the two upper-bound curves, the replay's card
     assert all(v["ko"] for k, v in all_strings().items() if k.startswith("mem."))
 
 
@@ -240,6 +240,24 @@ def test_smallest_card_lies_between_the_peaks_and_a_cap_there_runs() -> None:
     assert found["allocated"] <= found["needs"] <= found["reserved"]
     assert all(t["cap"] >= found["needs"] for t in found["tried"] if t["ok"])
     assert all(t["cap"] < found["needs"] for t in found["tried"] if not t["ok"])
+
+
+def test_the_replay_button_marks_the_card_the_steps_need_and_a_change_clears_it() -> None:
+    """Replay: two steps at full size through the caching allocator; the smallest card (+ context) is marked on
+    the length curve and the note says whether it fits the GPU, beside the estimate; a slider change clears it,
+    and a setup the replay cannot run is refused naming the field."""
+    p = MemoryPanel("tiny", setup=MemorySetup(method="full", precision="bf16", batch=2, seq=64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rep = p.run_replay()
+    assert rep is not None and rep["allocated"] <= rep["needs"] <= rep["reserved"]
+    assert rep["upper"] >= rep["card"] and rep["seq"] == p.model.seq
+    assert list(p.fig.data[19].x) == [p.model.seq] and p.fig.data[19].y[0] == pytest.approx(rep["card"] / GiB)
+    assert "smallest card" in p.note.value and "it fits 24" in p.note.value
+    p.batch.value = 3
+    assert list(p.fig.data[19].x) == [] and p.note.value == ""
+    p.gpus.value = 2
+    assert p.run_replay() is None and "gpus" in p.message.value
 
 
 def test_the_curves_draw_the_verdicts_bound_and_say_how_long_fits() -> None:

@@ -8,7 +8,9 @@ every slider move), :func:`labkit.memory.advice.fixes`, :func:`labkit.memory.mea
 one ``go.FigureWidget`` with three subplots. (The model given to the panel is ``panel.model.given``.)
 The Calibrate button (:func:`labkit.memory.calibrate.calibrate`) runs a few real steps at two short
 lengths here, fits what the machine adds beyond the estimate, and draws the calibrated curve beside
-the uncalibrated one.
+the uncalibrated one. The Replay button (:func:`labkit.memory.reserved.simulate`) runs two steps of the
+setup at full size on fake tensors through PyTorch's caching-allocator rules and marks the smallest card
+they need on the length curve.
 """
 
 from __future__ import annotations
@@ -57,6 +59,22 @@ register({
     "mem.gpu": ("GPU memory", "GPU 메모리"),
     "mem.measure": ("Measure on this machine", "이 컴퓨터에서 측정"),
     "mem.trace": ("Exact activation trace", "정확한 활성화 추적"),
+    "mem.replay": ("Replay the allocator", "할당기 재현"),
+    "mem.replaying": ("Replaying PyTorch's caching allocator over two steps at full size (fake tensors, no memory "
+                      "used; seconds to a minute)…",
+                      "전체 크기로 두 스텝 동안 PyTorch 캐싱 할당기를 재현하는 중 (가짜 텐서, 메모리 사용 없음; 수 초~1분)…"),
+    "mem.replayed": ("Allocator replay (two steps on fake tensors through PyTorch's caching-allocator rules): "
+                     "allocated {alloc}; reserved on a card with room {reserved}; the smallest card the steps run on "
+                     "{card} with the CUDA context, so {verdict}. The estimate: point {point}, upper bound {upper} "
+                     "(the verdict). The allocator's cache is why a card needs more than the tensors; near its limit "
+                     "it frees what it cached before it fails, so the smallest card is below reserved.",
+                     "할당기 재현 (가짜 텐서로 두 스텝, PyTorch 캐싱 할당기 규칙): 할당 {alloc}; 여유 있는 카드에서 "
+                     "예약 {reserved}; 스텝이 실행되는 가장 작은 카드 {card} (CUDA 컨텍스트 포함), 따라서 {verdict}. "
+                     "추정: 점 추정 {point}, 상한 {upper} (판정). 카드에 텐서보다 더 많은 메모리가 필요한 이유는 "
+                     "할당기의 캐시입니다; 한계에 가까우면 실패하기 전에 캐시를 비우므로 가장 작은 카드는 예약보다 작습니다."),
+    "mem.replay_fits": ("it fits {gpu}", "{gpu}에 들어갑니다"),
+    "mem.replay_nofit": ("it does not fit {gpu}", "{gpu}에 들어가지 않습니다"),
+    "mem.replay_point": ("allocator replay", "할당기 재현"),
     "mem.calibrate": ("Calibrate from short runs", "짧은 실행으로 보정"),
     "mem.calibrating": ("Calibrating: {steps} real steps at s={s1} and s={s2}…",
                         "보정 중: s={s1}, s={s2}에서 실제 {steps} 스텝…"),
@@ -253,6 +271,29 @@ class MemoryPanelModel(traitlets.HasTraits):
         batch = calibration.setup.batch
         return list(xs), [y + calibration.residual(batch * x) / GiB for x, y in zip(xs, ys)]
 
+    def replay(self) -> dict[str, Any]:
+        """The caching allocator over two training steps of this setup at full size
+        (:func:`labkit.memory.reserved.simulate`; fake tensors, so no memory is used, seconds to a minute):
+        the allocated peak, reserved on a card with room, and ``card``, the smallest card the steps run on
+        plus the CUDA context, beside the estimate's point and upper totals (bytes). What the panel leaves
+        unknown is replayed as the point estimate assumes it: output dropped, no padding, no KV cache."""
+        from labkit.memory.estimate import CUDA_CONTEXT
+        from labkit.memory.reserved import simulate
+
+        setup = self.setup()
+        if not setup.trains:
+            raise SetupError("mode", "train (the replay runs training steps)", setup.mode)
+        if setup.gpus != 1:
+            raise SetupError("gpus", "1 (the replay runs one device's steps)", setup.gpus)
+        if setup.grad_accum != 1:
+            raise SetupError("grad_accum", "1 (the replay runs whole steps of one micro-batch)", setup.grad_accum)
+        known = self.assumptions
+        sim = simulate(self.current_model, setup, keeps_logits=bool(known["keeps_logits"]),
+                       attn_mask=bool(known["attn_mask"]), use_cache=bool(known["use_cache"]))
+        r = estimate(self.current_model, setup, **known)
+        return {**sim, "card": sim["needs"] + CUDA_CONTEXT, "point": r.total, "upper": r.upper_total,
+                "seq": setup.seq}
+
     def trace(self) -> dict[str, Any]:
         """The exact activation inventory (fake-tensor forward) and the formula's number beside it."""
         from labkit.memory.trace import trace_activations
@@ -305,6 +346,7 @@ class MemoryPanel(Panel):
         self.measure_button = widgets.Button(description=t("mem.measure"), icon="play")
         self.trace_button = widgets.Button(description=t("mem.trace"), icon="search")
         self.calibrate_button = widgets.Button(description=t("mem.calibrate"), icon="sliders")
+        self.replay_button = widgets.Button(description=t("mem.replay"), icon="random")
         self.verdict = widgets.HTML()
         self.note = widgets.HTML()
         self.formula = widgets.HTML()
@@ -321,13 +363,14 @@ class MemoryPanel(Panel):
         self.measure_button.on_click(lambda _b: self.run_measure())
         self.trace_button.on_click(lambda _b: self.run_trace())
         self.calibrate_button.on_click(lambda _b: self.run_calibrate())
+        self.replay_button.on_click(lambda _b: self.run_replay())
         self.update()
         self.widget = widgets.VBox([
             widgets.HBox([self.model_dd, self.method, self.rank, self.targets]),
             widgets.HBox([self.precision, self.optimizer, self.attn, self.padded, self.mode]),
             widgets.HBox([self.batch, self.seq, self.grad_accum, self.checkpointing, self.loop]),
             widgets.HBox([self.gen_len, self.gpus, self.zero, self.gpu]),
-            widgets.HBox([self.measure_button, self.calibrate_button, self.trace_button]),
+            widgets.HBox([self.measure_button, self.calibrate_button, self.trace_button, self.replay_button]),
             self.message, self.verdict, self.fig, self.note, self.formula,
         ])
 
@@ -380,6 +423,8 @@ class MemoryPanel(Panel):
         for col, color in ((2, "#d62728"), (3, "#1f77b4")):  # 17, 18: the upper bound the verdict is judged on
             fig.add_trace(go.Scatter(x=[], y=[], mode="lines", name=t("mem.upper_curve"), showlegend=col == 2,
                                      line={"dash": "dashdot", "color": color, "width": 1}), 1, col)
+        fig.add_trace(go.Scatter(x=[], y=[], mode="markers", name=t("mem.replay_point"),  # 19: the smallest card
+                                 marker={"symbol": "star", "size": 13, "color": "#9467bd"}), 1, 2)
         fig.update_layout(barmode="stack", height=420, margin={"t": 40})
         fig.update_xaxes(type="log", title_text="tokens", row=1, col=2)
         fig.update_xaxes(type="log", title_text="batch", row=1, col=3)
@@ -413,7 +458,7 @@ class MemoryPanel(Panel):
                 self.fig.data[idx].x, self.fig.data[idx].y = xs, ys
                 self.fig.data[idx + 1].x, self.fig.data[idx + 1].y = [xs[0], xs[-1]] if xs else [], [gpu, gpu]
                 self.fig.data[idx + 2].x, self.fig.data[idx + 2].y = [], []
-            for idx in (15, 16):  # a calibration belongs to the setup it was made for
+            for idx in (15, 16, 19):  # a calibration or a replay belongs to the setup it was made for
                 self.fig.data[idx].x, self.fig.data[idx].y = [], []
             for idx, key in ((17, "seq_upper"), (18, "batch_upper")):
                 self.fig.data[idx].x, self.fig.data[idx].y = state[key]
@@ -518,6 +563,25 @@ class MemoryPanel(Panel):
             seq=cal.setup.seq, unc=fmt_bytes(unc), cal=fmt_bytes(calp), diff=(calp - unc) / unc * 100 if unc else 0.0,
             offset=fmt_bytes(cal.offset), slope=cal.slope, source=cal.source))
         return cal
+
+    def run_replay(self) -> dict[str, Any] | None:
+        """Replay the caching allocator over two steps of this setup; mark the smallest card it needs on the
+        length curve and say whether it fits the chosen GPU, beside the estimate."""
+        try:
+            self.note.value = html.escape(t("mem.replaying"))
+            rep = self.model.replay()
+        except (SetupError, ArchError, ValueError) as error:
+            self.show_error(error)
+            self.note.value = ""
+            return None
+        self.clear_error()
+        self.fig.data[19].x, self.fig.data[19].y = [rep["seq"]], [rep["card"] / GiB]
+        gpu = fmt_bytes(self.gpu_bytes)
+        verdict = t("mem.replay_fits" if rep["card"] <= self.gpu_bytes else "mem.replay_nofit", gpu=gpu)
+        self.note.value = html.escape(t(
+            "mem.replayed", alloc=fmt_bytes(rep["allocated"]), reserved=fmt_bytes(rep["reserved"]),
+            card=fmt_bytes(rep["card"]), verdict=verdict, point=fmt_bytes(rep["point"]), upper=fmt_bytes(rep["upper"])))
+        return rep
 
     def run_trace(self) -> dict[str, Any] | None:
         """The exact activation inventory (fake-tensor forward) beside the formula's number."""
