@@ -193,7 +193,10 @@ def test_cli_replay_and_loss_path() -> None:
                "--replay", "--json")
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)["replay"]
-    assert rep["allocated"] <= rep["needs"] <= rep["reserved"] and rep["card"] > rep["needs"]
+    assert rep["allocated"] <= rep["needs"] <= rep["reserved"] and rep["card"] > rep["needs"] and "fits" not in rep
+    card = _cli("estimate", "--model", "smollm2-135m", "--method", "lora", "--batch", "1", "--seq", "64",
+                "--replay", "--gpu-mem", "1GB")
+    assert card.returncode == 0 and "by the replay it" in card.stdout and "stays with the upper bound" in card.stdout
     text = _cli("estimate", "--model", "smollm2-135m", "--seq", "64", "--loss-path", "transformers-4.46")
     assert text.returncode == 0 and "4.46" in text.stdout
     bad = _cli("estimate", "--model", "smollm2-135m", "--loss-path", "transformers-3")

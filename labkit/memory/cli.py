@@ -160,8 +160,13 @@ def _print(result: Any, args: argparse.Namespace, gpu_mem: int | None) -> None:
               f" + uncertain terms: {terms})")
     rep = data.get("replay")
     if isinstance(rep, dict):
+        by_replay = ""
+        if "fits" in rep and gpu_mem is not None:
+            by_replay = (f"; by the replay it {'fits' if rep['fits'] else 'does not fit'} in {fmt_bytes(gpu_mem)} "
+                         f"(the verdict below stays with the upper bound)")
         print(f"  replay       allocated {fmt_bytes(rep['allocated'])}, reserved {fmt_bytes(rep['reserved'])}, "
-              f"smallest card {fmt_bytes(rep['card'])} (two steps on fake tensors through the caching allocator)")
+              f"smallest card {fmt_bytes(rep['card'])} (two steps on fake tensors through the caching allocator)"
+              f"{by_replay}")
     if gpu_mem is not None:
         verdict = "fits" if data["fits"] else "does not fit"
         basis = " — judged on the upper bound" if isinstance(upper, dict) else ""
@@ -227,6 +232,8 @@ def run_estimate(args: argparse.Namespace) -> int:
     if gpu_mem is not None and not result.fits(gpu_mem):
         result.info["fixes"] = [f.to_dict() | {"text": f.text()}
                                 for f in fixes(args.model, setup, gpu_mem, assumptions=assumptions)[:5]]
+    if gpu_mem is not None and isinstance(result.info.get("replay"), dict):  # beside the verdict, never instead
+        result.info["replay"]["fits"] = result.info["replay"]["card"] <= gpu_mem
     if gpu_mem is not None:  # "how long can I go on this card?": the other half of the verdict
         result.info["longest_seq"] = longest_fit(args.model, setup, gpu_mem, assumptions=assumptions)
     if getattr(args, "calibrate", False):
