@@ -80,12 +80,18 @@ def _max_length(arch: Any) -> int:
     return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 1 << 30)
 
 
+def _setup(method: str, seq: int, batch: int = 1) -> Any:
+    """The sweep's setup for one method (a CUDA step, SDPA attention)."""
+    from labkit.memory.setup import MemorySetup
+
+    return MemorySetup(device="cuda", batch=batch, seq=seq, attn="sdpa", **METHODS[method])
+
+
 def case(model: Any, method: str, seq: int, batch: int = 1) -> dict[str, Any]:
     """One setup: the replay's allocated, reserved and needed bytes beside labkit's point and upper figures."""
     from labkit.memory.estimate import CUDA_CONTEXT, estimate
-    from labkit.memory.setup import MemorySetup
 
-    setup = MemorySetup(device="cuda", batch=batch, seq=seq, attn="sdpa", **METHODS[method])
+    setup = _setup(method, seq, batch)
     start = time.perf_counter()
     sim = _replay(model, setup)
     seconds = time.perf_counter() - start
@@ -101,7 +107,8 @@ def case(model: Any, method: str, seq: int, batch: int = 1) -> dict[str, Any]:
             # the verdict's promise: everything the bound says the card holds against the card the replay needs
             # (+ the CUDA context the point estimate assumes)
             "upper_total_vs_card": upper["total"] / (needs + CUDA_CONTEXT) - 1,
-            "point_total_vs_card": r.total / (needs + CUDA_CONTEXT) - 1, "seconds": seconds}
+            "point_total_vs_card": r.total / (needs + CUDA_CONTEXT) - 1,
+            "point_total": r.total, "upper_total": upper["total"], "seconds": seconds}
 
 
 def grid(families: tuple[str, ...] = FAMILIES, lengths: tuple[int, ...] = LENGTHS,
@@ -126,10 +133,9 @@ def depth_sensitivity(model: str = "llama-3.1-8b", seq: int = 5789,
     fp32 logits block (b·s·V·4). The allocated peak grows by the same bytes per layer; the stranded share
     does not follow it, because which freed block a later request splits depends on the whole history."""
     from labkit.memory.arch import arch_info
-    from labkit.memory.setup import MemorySetup
 
     base = arch_info(model)
-    setup = MemorySetup(device="cuda", batch=1, seq=seq, attn="sdpa", **METHODS["qlora"])
+    setup = _setup("qlora", seq)
     out = []
     for depth in depths:
         arch = base
@@ -149,23 +155,20 @@ def on_gpu(cases: tuple[tuple[str, str, int], ...] = GPU_CASES, json_path: str |
     """Each case measured on the CUDA card beside its replay; the JSON is rewritten after every case."""
     import json
 
-    from labkit.memory.estimate import estimate
     from labkit.memory.measure import smallest_card
-    from labkit.memory.setup import MemorySetup
 
     out = []
     for model, method, seq in cases:
         entry: dict[str, Any] = {"model": model, "method": method, "seq": seq}
         try:
-            setup = MemorySetup(device="cuda", batch=1, seq=seq, attn="sdpa", **METHODS[method])
-            real = smallest_card(model, setup, device="cuda", steps=2)
-            sim = case(model, method, seq)
-            r = estimate(model, setup, **ASSUMPTIONS)
+            real = smallest_card(model, _setup(method, seq), device="cuda", steps=2)
+            sim = case(model, method, seq)  # the replay, and labkit's totals for the same setup
             card = real["needs"] + real["context"]
             entry.update(measured={k: real[k] for k in ("allocated", "reserved", "needs", "context")},
                          replay={k: sim[k] for k in ("allocated", "reserved", "needs")},
                          replay_error={k: sim[k] / real[k] - 1 for k in ("allocated", "reserved", "needs")},
-                         point_total_vs_card=r.total / card - 1, upper_total_vs_card=r.upper_total / card - 1,
+                         point_total_vs_card=sim["point_total"] / card - 1,
+                         upper_total_vs_card=sim["upper_total"] / card - 1,
                          tries=len(real["tried"]))
             e = entry["replay_error"]
             print(f"{model:>14} {method:>5} s{seq:<5} measured allocated {real['allocated'] / GiB:6.2f}, reserved "

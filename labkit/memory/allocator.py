@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 KB_512 = 512
@@ -181,13 +182,22 @@ def replay(events: list[tuple[str, int, int]], allocator: CachingAllocator | Non
 def smallest_capacity(events: list[tuple[str, int, int]], resolution: int = 32 << 20) -> int:
     """The least ``capacity`` (to ``resolution``) the events run in without :class:`OutOfMemory`: what a
     card must leave the allocator for the step to fit — between the allocated and the reserved peak."""
+    def runs(capacity: int) -> bool:
+        try:
+            replay(events, CachingAllocator(capacity=capacity))
+            return True
+        except OutOfMemory:
+            return False
+
     free_run = replay(events)
-    lo, hi = free_run.peak_allocated, free_run.peak_reserved
+    return least_passing(runs, free_run.peak_allocated, free_run.peak_reserved, resolution)
+
+
+def least_passing(passes: Callable[[int], bool], lo: int, hi: int, resolution: int) -> int:
+    """The least capacity in (``lo``, ``hi``], to ``resolution``, at which ``passes`` holds, for a ``passes``
+    that fails below some capacity and holds from it on (``hi`` holds): bisection. The replay's smallest card
+    and :func:`labkit.memory.measure.smallest_card`'s real one are both found with it."""
     while hi - lo > resolution:
         mid = (lo + hi) // 2
-        try:
-            replay(events, CachingAllocator(capacity=mid))
-            hi = mid
-        except OutOfMemory:
-            lo = mid
+        lo, hi = (lo, mid) if passes(mid) else (mid, hi)
     return hi

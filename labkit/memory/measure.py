@@ -387,6 +387,7 @@ def smallest_card(model: Any, setup: MemorySetup, *, device: str | torch.device 
     import gc
 
     from labkit.device import resolve_device
+    from labkit.memory.allocator import least_passing
 
     dev = resolve_device(device)
     if dev.type != "cuda":
@@ -419,18 +420,16 @@ def smallest_card(model: Any, setup: MemorySetup, *, device: str | torch.device 
             raise MeasureRefused("--model: the setup does not run on this card even uncapped; measure a smaller one")
         free, _ = torch.cuda.mem_get_info(dev)  # after a run: the kernels it loaded lazily are in the context
         context = total - free - torch.cuda.memory_reserved(dev)  # what the card holds outside the allocator
-        lo, hi = free_run["allocated"], free_run["reserved"]  # a cap below allocated cannot hold the live tensors
-        while hi - lo > resolution:
-            mid = (lo + hi) // 2
-            ok = run(mid) is not None
-            tried.append({"cap": mid, "ok": ok})
-            if ok:
-                hi = mid
-            else:
-                lo = mid
+        def runs(cap: int) -> bool:
+            ok = run(cap) is not None
+            tried.append({"cap": cap, "ok": ok})
+            return ok
+
+        # a cap below the allocated peak cannot hold the live tensors; the reserved peak held them all
+        needs = least_passing(runs, free_run["allocated"], free_run["reserved"], resolution)
     finally:
         net = None  # the model's memory goes back before this returns
         gc.collect()
         torch.cuda.empty_cache()
-    return {"needs": hi, "allocated": free_run["allocated"], "reserved": free_run["reserved"],
+    return {"needs": needs, "allocated": free_run["allocated"], "reserved": free_run["reserved"],
             "context": int(context), "tried": tried}
