@@ -3,6 +3,8 @@
     python benchmarks/memory_published.py            # the matrix, the summary, the anchors
     python benchmarks/memory_published.py --markdown # the same table as Markdown (docs/memory.md)
     python benchmarks/memory_published.py --replay   # + the allocator replay of each row (about 4 min)
+    python benchmarks/memory_published.py --peft-seq N   # PEFT's rows at their peak batch's real length
+                                                         # (benchmarks/peft_lengths.py finds it, with the Hub)
 
 Each row is one published measurement with its exact source (repository + path + commit, or URL),
 what the figure is (``reserved``: ``torch.cuda.max_memory_reserved``; ``active``: the allocator's
@@ -30,7 +32,7 @@ import argparse
 import statistics
 import sys
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -162,9 +164,13 @@ def per_token_slope(results: list[dict[str, Any]], key: str, prefix: str = "unsl
     (unsloth's 8B column: what the issue read as "the measurements imply about 2.5 MiB per token")."""
     pts = [(x["row"].setup["seq"], x["row"].measured if key == "measured" else x[key])
            for x in results if x["row"].key.startswith(prefix)]
-    mx, my = statistics.fmean(p[0] for p in pts), statistics.fmean(p[1] for p in pts)
-    slope = sum((a - mx) * (b - my) for a, b in pts) / sum((a - mx) ** 2 for a, _ in pts)
-    return slope * 1024  # GiB per token → MiB per token
+    return _slope([p[0] for p in pts], [p[1] for p in pts]) * 1024  # GiB per token → MiB per token
+
+
+def _slope(xs: Any, ys: Any) -> float:
+    """The least-squares slope of ``ys`` against ``xs``."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
 def longest_at_card(row: Row) -> dict[str, Any]:
@@ -286,6 +292,67 @@ def after_step(row: Row) -> dict[str, float]:
             "data_mean": PEFT_TOKENS / PEFT_SAMPLES - 1}
 
 
+# The same figure per window of 250 steps, and the tokens each window trained on (its "tokens / sec" × "train
+# time": exact integers, one EOS per sample counted). run.py does not shuffle: every run trains on the same 1,000
+# samples per window in the data's stored order, so the tokens are the same for all five rows, while what is held
+# after a step grows with that step's padded length. Regressed on the tokens, the static part drops out.
+PEFT_WINDOW_TOKENS = (211_719, 207_995, 214_401, 208_336, 208_538, 209_331, 209_355, 207_696, 214_948, 205_967,
+                      211_881, 208_731, 210_901, 209_750, 216_703, 204_373, 211_389, 207_818, 209_939, 208_280)
+PEFT_WINDOW_ALLOCATED = {
+    "full-finetuning--llama-3.2-3B-lr_0.00001": (
+        26068364077, 26061405362, 26070556328, 26063041151, 26061311988, 26065064344, 26063653665, 26060900622,
+        26073120012, 26057388192, 26067884014, 26062585563, 26064543638, 26062997438, 26074783977, 26055840195,
+        26066954185, 26062572698, 26063126151, 26061298555),
+    "lora--llama-3.2-3B-rank32": (
+        6927565711, 6920367839, 6930618810, 6921513771, 6922133557, 6923913468, 6925390952, 6921081668,
+        6931682327, 6918721761, 6927712508, 6923989748, 6926692076, 6923455881, 6934523007, 6915686580,
+        6927717122, 6921419323, 6924414108, 6920560835),
+    "lora--llama-3.2-3B-rank64": (
+        7074164984, 7066997365, 7077333008, 7068124658, 7068944243, 7070709553, 7072138832, 7067894260,
+        7078475831, 7065402839, 7074573451, 7070843245, 7073412401, 7070407143, 7081463124, 7062667280,
+        7074403895, 7068177549, 7071170142, 7067138955),
+    "lora--llama-3.2-3B-rank64-rslora": (
+        7074366351, 7067168479, 7077419450, 7068314411, 7068934197, 7070714108, 7072191592, 7067882308,
+        7078482967, 7065522401, 7074513148, 7070790388, 7073492716, 7070256521, 7081323647, 7062487220,
+        7074517762, 7068219963, 7071214748, 7067361475),
+    "lora--llama-3.2-3B-rank10-target-mlp": (
+        6931834006, 6925262383, 6935577633, 6926310695, 6926327480, 6927772183, 6929135348, 6924608348,
+        6936651676, 6922327798, 6933217315, 6927345052, 6929776484, 6928336624, 6939337990, 6920106967,
+        6930464334, 6925929083, 6928703939, 6926279631),
+}
+PEFT_WINDOW_STEPS = 250
+
+
+def window_slope(row: Row) -> dict[str, float]:
+    """PEFT's after-step allocated memory window by window, against the tokens each window trained on: the
+    least-squares slope is what the held output costs per token, with the weights, gradients, optimizer states
+    and workspaces — every static byte — cancelled. A window's mean held output is c·(1 + p)·(unpadded tokens)
+    / steps, c the held bytes per padded position of a batch row and p the padding, so the slope gives 1 + p
+    once labkit says what c is: bf16 logits + the KV cache the forward builds, or the logits alone. A reading
+    of ``use_cache`` that does not lean on labkit's static part (:func:`after_step` does)."""
+    from labkit.memory.arch import arch_info
+    from labkit.memory.estimate import training_cache_bytes
+    from labkit.memory.setup import MemorySetup
+
+    slope = _slope(PEFT_WINDOW_TOKENS, PEFT_WINDOW_ALLOCATED[row.key.split("/", 1)[1]])  # bytes per token
+    arch = arch_info(row.model)
+    one_row = MemorySetup(device="cuda", **{**row.setup, "batch": 1, "seq": 1})  # one padded position, one row
+    logits = arch.vocab * 2
+    per_position = slope * PEFT_WINDOW_STEPS  # c·(1 + p)
+    return {"bytes_per_token": slope, "padding_with_cache": per_position / (logits + training_cache_bytes(arch, one_row)) - 1,
+            "padding_logits_only": per_position / logits - 1}
+
+
+def at_peft_length(seq: int) -> list[Row]:
+    """The matrix with PEFT's rows at ``seq`` tokens — their peak batch's real length, once known — instead of
+    the cap: no longer a cap, so no longer a row whose length is only bounded."""
+    if not 1 <= seq <= 768:
+        raise ValueError(f"--peft-seq: PEFT truncates at 768 tokens; got {seq}")
+    return [replace(r, setup={**r.setup, "seq": seq}, seq_is_max=False,
+                    notes=r.notes + f"; estimated at the peak batch's length, {seq} tokens")
+            if r.key.startswith("peft/") else r for r in ROWS]
+
+
 def _setup_text(row: Row) -> str:
     s = row.setup
     m = s.get("method", "full")
@@ -336,9 +403,16 @@ def main() -> int:
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     ap.add_argument("--replay", action="store_true",
                     help="also replay each row's step through the caching allocator (fake tensors, ~4 min)")
+    ap.add_argument("--peft-seq", type=int, metavar="N",
+                    help="estimate PEFT's rows at their real peak batch length N instead of the 768-token cap "
+                         "(benchmarks/peft_lengths.py finds N where the Hub is reachable)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    results = [evaluate(r) for r in ROWS]
+    try:
+        rows = ROWS if args.peft_seq is None else at_peft_length(args.peft_seq)
+    except ValueError as exc:
+        ap.error(str(exc))
+    results = [evaluate(r) for r in rows]
     if args.replay:
         for x in results:
             x.update(replay(x["row"]))
@@ -398,6 +472,14 @@ def main() -> int:
             print(f"    {r.key[:46]:46s} {a['held_mib']:6.1f} MiB: {a['length_with_cache']:5.1f} tokens with the KV "
                   f"cache held, {a['length_logits_only']:5.1f} with the logits alone (data mean "
                   f"{a['data_mean']:.1f} unpadded)")
+    if peft:
+        print("  PEFT's after-step memory_allocated window by window (20 × 250 steps) against the tokens each trained "
+              "on: the slope (static bytes cancel) and the padding it implies")
+        for r in peft:
+            w = window_slope(r)
+            print(f"    {r.key[:46]:46s} {w['bytes_per_token'] / 1024:5.2f} KiB per token: padding "
+                  f"{w['padding_with_cache'] * 100:+5.1f} % with the KV cache held, "
+                  f"{w['padding_logits_only'] * 100:+5.1f} % with the logits alone")
     print(f"  accelerate 'Training using Adam': median |error| {s['accelerate_median_abs']:.0f} %; "
           f"DeepSpeed model states: median |error| {s['deepspeed_median_abs']:.0f} %")
     return 0
