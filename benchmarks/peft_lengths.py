@@ -4,6 +4,7 @@
     python benchmarks/peft_lengths.py --tokenizer unsloth/Llama-3.2-3B  # an ungated copy of the same tokenizer
     python benchmarks/peft_lengths.py --save lengths.json               # keep the token lengths ...
     python benchmarks/peft_lengths.py --lengths lengths.json            # ... and read them back offline
+    python benchmarks/peft_lengths.py --lengths lengths.json --replay   # + the allocator replay of the peak
 
 PEFT's rows in the validation matrix (``benchmarks/memory_published.py``) are ``max_memory_reserved`` over
 5,000 steps of batches padded to their longest sample and truncated at 768 tokens. Which batch was longest is
@@ -25,6 +26,12 @@ It checks itself against the 20 per-window token counts PEFT's results publish (
 ``train time`` for each 250 steps; every one must match) and prints the longest padded batch, labkit's PEFT
 rows estimated at that length beside the measurement, and how window by window what PEFT logged after each
 step compares with labkit's held output (bf16 logits + KV cache) at the rebuilt padded lengths.
+
+``--replay`` runs the allocator replay (``labkit.memory.reserved.simulate``) over the steps that shape PEFT's
+reserved peak — the first two (AdamW's states are made after the first, among its freed blocks), and the
+10 steps between two ``empty_cache()`` calls that hold the longest batch — instead of two identical steps
+at one length: on full fine-tuning the first step's length alone moves the replay's reserved figure by 14 %
+(see ``docs/memory.md``).
 """
 
 from __future__ import annotations
@@ -144,9 +151,43 @@ def held_per_position(row: mp.Row) -> int:
     return arch.vocab * 2 + training_cache_bytes(arch, MemorySetup(device="cuda", **{**row.setup, "batch": 1, "seq": 1}))
 
 
-def report(lengths: Sequence[int]) -> dict[str, Any]:
+EMPTY_CACHE_EVERY = 10  # run.py: ACCELERATOR_EMPTY_CACHE_SCHEDULE, torch.cuda.empty_cache() after every 10th step
+
+
+def replay_steps(padded: Sequence[int], cycle: int = EMPTY_CACHE_EVERY) -> tuple[list[int], list[int]]:
+    """The steps (padded lengths) a history-aware allocator replay of PEFT's peak runs, and after which of
+    them run.py empties the cache: the first two steps (AdamW makes its states after the first, among that
+    step's freed blocks, and they stay there for the whole run), the step before the cycle of ``cycle`` steps
+    that holds the longest batch (its output is still held when the cache is emptied), then that cycle.
+    What happened between is gone at the cache emptying, except what is still alive: weights, states and the
+    held output."""
+    peak = max(range(len(padded)), key=lambda i: padded[i])
+    start = peak // cycle * cycle  # 0-based first step of the cycle; the cache was emptied just before it
+    end = min(start + cycle, len(padded))
+    idx = list(range(end)) if start <= 3 else [0, 1, start - 1, *range(start, end)]
+    return [padded[i] for i in idx], [j for j, i in enumerate(idx) if (i + 1) % cycle == 0]
+
+
+def replay_row(row: mp.Row, padded: Sequence[int]) -> dict[str, float]:
+    """The allocator replay of ``row`` over :func:`replay_steps` — the real model on fake tensors, every
+    allocation through PyTorch's caching-allocator rules — against PEFT's ``max_memory_reserved``."""
+    from labkit.memory.reserved import simulate
+    from labkit.memory.setup import MemorySetup
+
+    lengths, empty = replay_steps(padded)
+    sim = simulate(row.model, MemorySetup(device="cuda", **{**row.setup, "seq": max(lengths)}),
+                   loss_path=row.loss_path, keeps_logits=bool(row.keeps_logits), kv_repeat=row.kv_repeat,
+                   attn_mask=bool(row.attn_mask), use_cache=bool(row.use_cache), lengths=lengths,
+                   empty_cache_after=empty)
+    reserved = sim["reserved"] / mp.GiB
+    return {"replay_reserved": reserved, "replay_allocated": sim["allocated"] / mp.GiB,
+            "replay_error": (reserved - row.measured) / row.measured * 100, "replay_steps": len(lengths)}
+
+
+def report(lengths: Sequence[int], replay: bool = False) -> dict[str, Any]:
     """Everything the script prints, as data: the rebuilt steps' check against PEFT's windows, the longest
-    padded batch, and each PEFT row at that length (and window by window, after the step)."""
+    padded batch, and each PEFT row at that length (and window by window, after the step; with ``replay``,
+    the allocator replay of the steps around the peak too)."""
     from labkit.memory.arch import arch_info
 
     steps = training_steps(lengths)
@@ -161,7 +202,8 @@ def report(lengths: Sequence[int]) -> dict[str, Any]:
         rows.append({"key": row.key, "measured": row.measured, "estimate": est,
                      "error": (est - row.measured) / row.measured * 100, "predicted_length": mp.matching_length(row),
                      "static_spread_mib": static_spread(logged, steps, held_per_position(row)),
-                     "spread_without_cache_mib": static_spread(logged, steps, arch_info(row.model).vocab * 2)})
+                     "spread_without_cache_mib": static_spread(logged, steps, arch_info(row.model).vocab * 2),
+                     **(replay_row(row, padded) if replay else {})})
     unpadded = sum(sum(b) for b in steps)
     return {"steps": len(steps), "windows_match": windows == list(mp.PEFT_WINDOW_TOKENS), "windows": windows,
             "peak": peak, "peak_step": padded.index(peak) + 1, "mean_padded": statistics.fmean(padded),
@@ -185,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--tokenizer", default=TOKENIZER, help="Hub id or local path of Llama-3.2's tokenizer")
     ap.add_argument("--lengths", type=Path, help="read the token lengths from this JSON list instead (offline)")
     ap.add_argument("--save", type=Path, help="write the token lengths to this JSON file")
+    ap.add_argument("--replay", action="store_true",
+                    help="also replay the steps around the peak through the caching allocator (about 1 min a row)")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
     if args.lengths:
@@ -201,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"peft_lengths: {len(lengths)} token lengths; PEFT's 5,000 steps draw on the first "
               f"{samples_needed():,} filtered samples", file=sys.stderr)
         return 2
-    rep = report(lengths)
+    rep = report(lengths, replay=args.replay)
     print(f"rebuilt {rep['steps']:,} steps of PEFT's MetaMathQA run; its 20 published window token counts "
           + ("all match" if rep["windows_match"] else
              f"do NOT match (rebuilt {rep['windows'][:3]}…, published {list(mp.PEFT_WINDOW_TOKENS[:3])}…): "
@@ -218,6 +262,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for x in rep["rows"]:
         print(f"  {x['key'][:46]:46s} {x['static_spread_mib']:6.1f} MiB with the KV cache held, "
               f"{x['spread_without_cache_mib']:6.1f} MiB with the logits alone")
+    if args.replay:
+        print(f"allocator replay of the steps around the peak ({rep['rows'][0]['replay_steps']} steps: the first two, "
+              "the cycle of 10 between cache emptyings that holds the longest batch, and the step before it), "
+              "max_memory_reserved against PEFT's")
+        for x in rep["rows"]:
+            print(f"  {x['key'][:46]:46s} measured {x['measured']:6.2f} GiB, replay {x['replay_reserved']:6.2f} "
+                  f"({x['replay_error']:+5.1f} %; allocated {x['replay_allocated']:6.2f})")
     return 0 if rep["windows_match"] else 1
 
 

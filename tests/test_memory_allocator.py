@@ -79,6 +79,44 @@ def test_a_full_card_empties_its_cache_before_failing() -> None:
     assert smallest_capacity(events, resolution=MiB) <= 121 * MiB
 
 
+def test_empty_cache_releases_wholly_free_segments_and_keeps_a_split_one() -> None:
+    """``("empty_cache", 0, 0)``: torch.cuda.empty_cache() between steps. A freed 100 MiB segment goes back to
+    the driver, so a later 120 MiB request reserves 120 MiB in all, not 220; a segment that still holds a live
+    block stays, free part and all."""
+    grow = [("alloc", 1, 100 * MiB), ("free", 1, 0), ("alloc", 2, 120 * MiB)]
+    assert replay(grow).peak_reserved == 220 * MiB
+    emptied = replay(grow[:2] + [("empty_cache", 0, 0)] + grow[2:])
+    assert emptied.peak_reserved == 120 * MiB and emptied.reserved == 120 * MiB
+    two = replay([("alloc", 1, 60 * MiB), ("alloc", 2, 30 * MiB), ("free", 1, 0), ("empty_cache", 0, 0)])
+    assert two.reserved == 30 * MiB  # the freed 60 MiB segment is released, the one in use stays
+    one = replay([("alloc", 1, 30 * MiB), ("free", 1, 0), ("alloc", 2, 10 * MiB), ("empty_cache", 0, 0)])
+    assert one.reserved == 30 * MiB  # the 10 MiB block was carved from it: the segment is not wholly free
+
+
+def test_a_run_of_lengths_replays_one_step_per_length() -> None:
+    """``lengths``: one step per entry, the allocator's cache carried from step to step (a run of padded or
+    bucketed batches); two equal lengths are exactly the two-step replay; ``empty_cache_after`` puts the
+    cache emptying after the named steps; a bad length is refused, naming the field."""
+    from labkit.memory.reserved import record_step, simulate
+    from labkit.memory.setup import MemorySetup
+    from labkit.memory.toy import toy_config
+
+    cfg = toy_config("llama", vocab_size=4096)
+    setup = MemorySetup(device="cuda", method="full", precision="bf16", batch=2, seq=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert record_step(cfg, setup, lengths=[64, 64]) == record_step(cfg, setup, 2)
+        events = record_step(cfg, setup, lengths=[16, 64, 32], empty_cache_after=[0, 2])
+        marks = [i for i, e in enumerate(events) if e[0] == "empty_cache"]
+        assert len(marks) == 2 and marks[-1] == len(events) - 1
+        assert any(e[0] == "free" for e in events[:marks[0]]) and any(e[0] == "alloc" for e in events[marks[0]:])
+        run = simulate(cfg, setup, lengths=[16, 64, 32], empty_cache_after=[0])
+        two = simulate(cfg, setup)
+        assert abs(run["allocated"] - two["allocated"]) <= 0.02 * two["allocated"]  # the 64-token step sets it
+        with pytest.raises(ValueError, match="lengths"):
+            record_step(cfg, setup, lengths=[64, 0])
+
+
 def test_step_replay_allocated_peak_matches_the_estimate() -> None:
     """The real model on fake tensors, every storage's life replayed: its allocated peak (after the
     allocator's 512 B rounding) is the estimator's allocated peak within 2 % on these toy sizes (what

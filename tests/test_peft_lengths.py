@@ -32,6 +32,17 @@ def test_buckets_sort_longest_first_and_repeat_a_partial_bucket_like_peft(pl) ->
     assert pl.samples_needed(steps=5000) == 20_000 and pl.samples_needed(steps=3, batch=2, bucket_factor=2) == 8
 
 
+def test_the_replay_runs_the_first_steps_and_the_cycle_that_holds_the_peak(pl) -> None:
+    """run.py empties the cache after every 10th step: the replay keeps the first two steps (where AdamW's
+    states are made), the step before the peak's cycle (its output is held through the emptying) and the
+    cycle itself, with the emptying after every step whose 1-based number is a multiple of 10."""
+    padded = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 1, 2, 3, 4, 99, 6, 7, 8, 9, 10, 1, 1]
+    assert pl.replay_steps(padded) == ([5, 6, 14, 1, 2, 3, 4, 99, 6, 7, 8, 9, 10], [2, 12])
+    assert pl.replay_steps([99, 6, 7, 8, 9, 10, 11, 12, 13, 14, 1, 2]) == ([99, 6, 7, 8, 9, 10, 11, 12, 13, 14], [9])
+    lengths, empty = pl.replay_steps([*range(40), 100, *range(3)])
+    assert lengths == [0, 1, 39, 100, 0, 1, 2] and empty == [2]  # the run ends inside the peak's cycle
+
+
 def test_filter_edge_and_window_token_counts(pl) -> None:
     assert pl.keep("q" * 649, "r" * 650) and not pl.keep("q" * 650, "r" * 650)  # 1,300 chars with the space
     steps = [[5, 3], [4, 4], [2]]

@@ -168,12 +168,15 @@ class CachingAllocator:
 
 
 def replay(events: list[tuple[str, int, int]], allocator: CachingAllocator | None = None) -> CachingAllocator:
-    """Run ``("alloc", key, nbytes)`` / ``("free", key, 0)`` events through a caching allocator."""
+    """Run ``("alloc", key, nbytes)`` / ``("free", key, 0)`` / ``("empty_cache", 0, 0)`` events through a
+    caching allocator (``empty_cache``: ``torch.cuda.empty_cache()``, every wholly free segment released)."""
     alloc = allocator or CachingAllocator()
     handles: dict[int, int] = {}
     for kind, key, nbytes in events:
         if kind == "alloc":
             handles[key] = alloc.malloc(nbytes)
+        elif kind == "empty_cache":
+            alloc._release_cached()
         elif key in handles:
             alloc.free(handles.pop(key))
     return alloc

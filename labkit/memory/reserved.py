@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
@@ -202,9 +203,13 @@ def _step_temporaries(arch: ArchInfo, setup: MemorySetup) -> list[int]:
 
 def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str | None = None,
                 keeps_logits: bool = False, kv_repeat: bool | None = None,
-                attn_mask: bool = False, use_cache: bool = False) -> list[tuple[str, int, int]]:
+                attn_mask: bool = False, use_cache: bool = False, lengths: Sequence[int] | None = None,
+                empty_cache_after: Collection[int] = ()) -> list[tuple[str, int, int]]:
     """Alloc/free events of ``steps`` training steps of ``setup`` (fake tensors at full size), after the
     static allocations (weights, adapters) and with the optimizer states made at the first step.
+    ``lengths``: one sequence length per step instead (a run of padded or bucketed batches: the allocator's
+    cache carries each step's blocks into the next); ``empty_cache_after``: the steps (0-based) after which
+    the loop calls ``torch.cuda.empty_cache()`` (an ``("empty_cache", 0, 0)`` event), as some loops do.
     ``keeps_logits``: the loop holds the model output until the next step's forward rebinds it.
     ``kv_repeat``: attention repeats GQA's K/V to every query head first, as transformers' SDPA path does
     when it is handed an attention mask (``use_gqa_in_sdpa`` is False: padded batches); None: exactly then.
@@ -257,13 +262,16 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
                     net.enable_input_require_grads()
             net.train()
             rec.exclude(list(net.parameters()) + list(net.buffers()))
-            ids = torch.zeros(setup.batch, setup.seq, dtype=torch.long)
-            rec.exclude([ids])
+            seqs = list(lengths) if lengths else [setup.seq] * steps
+            if any(int(n) != n or n < 1 for n in seqs):
+                raise ValueError(f"lengths: each step's sequence length must be a whole number ≥ 1; got {seqs}")
             amp = torch.autocast("cpu", dtype=DTYPES[setup.compute]) if setup.amp else contextlib.nullcontext()
             trainable = [prm for prm in net.parameters() if prm.requires_grad]
             kept = None
             settings = StepSettings(scaler=scaler_for(torch.device("cpu"), enabled=False))
-            for step in range(steps):
+            for step, seq in enumerate(seqs):
+                ids = torch.zeros(setup.batch, seq, dtype=torch.long)
+                rec.exclude([ids])
                 with rec.mode:
                     with amp:
                         loss, held = _loss(net, ids, path, arch.vocab, use_cache and not setup.checkpointing)
@@ -285,6 +293,8 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
                 next_static -= len(temps)
                 for prm in trainable:  # zero_grad(set_to_none=True)
                     prm.grad = None
+                if step in empty_cache_after:
+                    rec.events.append(("empty_cache", 0, 0))
             del kept
         finally:
             nnf.scaled_dot_product_attention = orig_sdpa
@@ -307,12 +317,15 @@ def _gqa_in_sdpa(enabled: bool):
 
 def simulate(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str | None = None,
              keeps_logits: bool = False, kv_repeat: bool | None = None, attn_mask: bool = False,
-             use_cache: bool = False) -> dict[str, int]:
-    """The caching allocator over ``steps`` steps: ``allocated`` and ``reserved`` peaks (what
+             use_cache: bool = False, lengths: Sequence[int] | None = None,
+             empty_cache_after: Collection[int] = ()) -> dict[str, int]:
+    """The caching allocator over ``steps`` steps (or one step per entry of ``lengths``, with
+    ``empty_cache_after``: see :func:`record_step`): ``allocated`` and ``reserved`` peaks (what
     ``max_memory_allocated`` / ``max_memory_reserved`` report on a card with room to spare),
     ``needs`` (the least the allocator must be allowed to reserve for the steps to run: on a card
     near its limit it empties its cache before failing) and ``segments``."""
-    events = record_step(model, setup, steps, loss_path, keeps_logits, kv_repeat, attn_mask, use_cache)
+    events = record_step(model, setup, steps, loss_path, keeps_logits, kv_repeat, attn_mask, use_cache, lengths,
+                         empty_cache_after)
     alloc: CachingAllocator = replay(events)
     return {"allocated": alloc.peak_allocated, "reserved": alloc.peak_reserved,
             "needs": smallest_capacity(events), "segments": alloc.segments}
