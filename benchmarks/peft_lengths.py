@@ -28,7 +28,7 @@ rows estimated at that length beside the measurement, and how window by window w
 step compares with labkit's held output (bf16 logits + KV cache) at the rebuilt padded lengths.
 
 ``--replay`` runs the allocator replay (``labkit.memory.reserved.simulate``) over the steps that shape PEFT's
-reserved peak — the first two (AdamW's states are made after the first, among its freed blocks), and the
+reserved peak — the first two (the layout the first step leaves shapes the rest of the run), and the
 10 steps between two ``empty_cache()`` calls that hold the longest batch — instead of two identical steps
 at one length: on full fine-tuning the first step's length alone moves the replay's reserved figure by 14 %
 (see ``docs/memory.md``).
@@ -156,8 +156,9 @@ EMPTY_CACHE_EVERY = 10  # run.py: ACCELERATOR_EMPTY_CACHE_SCHEDULE, torch.cuda.e
 
 def replay_steps(padded: Sequence[int], cycle: int = EMPTY_CACHE_EVERY) -> tuple[list[int], list[int]]:
     """The steps (padded lengths) a history-aware allocator replay of PEFT's peak runs, and after which of
-    them run.py empties the cache: the first two steps (AdamW makes its states after the first, among that
-    step's freed blocks, and they stay there for the whole run), the step before the cycle of ``cycle`` steps
+    them run.py empties the cache: the first two steps (the layout the first leaves — its activations, the
+    first gradients and AdamW's states among each other — shapes the whole run), the step before the cycle of
+    ``cycle`` steps
     that holds the longest batch (its output is still held when the cache is emptied), then that cycle.
     What happened between is gone at the cache emptying, except what is still alive: weights, states and the
     held output."""

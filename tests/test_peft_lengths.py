@@ -33,8 +33,8 @@ def test_buckets_sort_longest_first_and_repeat_a_partial_bucket_like_peft(pl) ->
 
 
 def test_the_replay_runs_the_first_steps_and_the_cycle_that_holds_the_peak(pl) -> None:
-    """run.py empties the cache after every 10th step: the replay keeps the first two steps (where AdamW's
-    states are made), the step before the peak's cycle (its output is held through the emptying) and the
+    """run.py empties the cache after every 10th step: the replay keeps the first two steps (the first
+    one's layout shapes the run), the step before the peak's cycle (its output is held through the emptying) and the
     cycle itself, with the emptying after every step whose 1-based number is a multiple of 10."""
     padded = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 1, 2, 3, 4, 99, 6, 7, 8, 9, 10, 1, 1]
     assert pl.replay_steps(padded) == ([5, 6, 14, 1, 2, 3, 4, 99, 6, 7, 8, 9, 10], [2, 12])
