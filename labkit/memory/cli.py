@@ -74,7 +74,8 @@ def add_estimate_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--replay", action="store_true",
                    help="run the model for two steps on fake tensors at full size and replay every allocation "
                         "through PyTorch's caching-allocator rules: allocated, reserved, and the smallest card "
-                        "the steps fit (seconds; no memory used)")
+                        "the steps fit (seconds; no memory used). Two steps of one length: a packed or fixed-"
+                        "length run; for varied lengths, labkit.memory.reserved.simulate(..., lengths=[...])")
     p.add_argument("--loss-path", default=None,
                    help="transformers>=4.49|transformers-4.46|transformers<4.46|trainer-label-smoothing: the "
                         "transformers loss the run takes (default: the installed version's; trainer-label-smoothing: "
