@@ -292,8 +292,9 @@ def after_step(row: Row) -> dict[str, float]:
             "data_mean": PEFT_TOKENS / PEFT_SAMPLES - 1}
 
 
-# The same figure per window of 250 steps, and the tokens each window trained on (its "tokens / sec" × "train
-# time": exact integers, one EOS per sample counted). run.py does not shuffle: every run trains on the same 1,000
+# The same figure per window of 250 steps ("mem allocated avg", to the byte), and the tokens each window trained
+# on (its "tokens / sec" × "train time": exact integers, one EOS per sample counted), from the same results files
+# at the same commit (PEFT above). run.py does not shuffle: every run trains on the same 1,000
 # samples per window in the data's stored order, so the tokens are the same for all five rows, while what is held
 # after a step grows with that step's padded length. Regressed on the tokens, the static part drops out.
 PEFT_WINDOW_TOKENS = (211_719, 207_995, 214_401, 208_336, 208_538, 209_331, 209_355, 207_696, 214_948, 205_967,
