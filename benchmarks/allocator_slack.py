@@ -4,6 +4,7 @@
     python benchmarks/allocator_slack.py --depth    # + Llama-3.1-8B QLoRA at 5,789 tokens, cut to 1, 2, 4, 8, 32 layers
     python benchmarks/allocator_slack.py --quick    # SmolLM2-135M only
     python benchmarks/allocator_slack.py --device cuda --json slack.json   # the replay against a real card
+    python benchmarks/allocator_slack.py --history  # one long step after different first steps (Llama-3.2-3B)
 
 Two figures sit above the allocated peak, and they are not the same:
 
@@ -238,6 +239,41 @@ def _print_summary(s: dict[str, Any]) -> None:
           f"{s['upper_under_reserved'] or ''}")
 
 
+# A run's history (PEFT's route: Llama-3.2-3B, batch 4, a dense mask, the KV cache held by a loop that keeps
+# its output): the same 680-token step after different first steps.
+HISTORY_MODEL, HISTORY_SEQ = "llama-3.2-3b", 680
+HISTORY_ROUTE = dict(keeps_logits=True, attn_mask=True, use_cache=True, loss_path="transformers>=4.49")
+HISTORIES: dict[str, tuple[int, ...]] = {
+    "two identical steps at 680": (680, 680),
+    "three at 680": (680, 680, 680),
+    "120, then 680": (120, 680),
+    "5 × 120, then 680, 660": (120, 120, 120, 120, 120, 680, 660),
+    "150, 130, 110, then 680 … 560": (150, 130, 110, 680, 650, 620, 590, 560),
+}
+
+
+def history_sensitivity(model: Any = HISTORY_MODEL, seq: int = HISTORY_SEQ, batch: int = 4,
+                        histories: dict[str, tuple[int, ...]] = HISTORIES, methods: tuple[str, ...] = ("lora", "full"),
+                        route: dict[str, Any] = HISTORY_ROUTE) -> list[dict[str, Any]]:
+    """The replay of one long step after different first steps (``simulate(..., lengths=...)``): the allocated
+    peak stays, reserved and what the card needs move — on full fine-tuning by gigabytes, because the first
+    step lays out its activations, the first gradients and AdamW's states among each other. Two identical
+    steps (the sweep above) model a packed or fixed-length run; a bucketed run's first step is shorter."""
+    from labkit.memory.reserved import simulate
+    from labkit.memory.setup import MemorySetup
+
+    rows = []
+    for method in methods:
+        spec = {**METHODS[method], "checkpointing": False}
+        if method == "lora":
+            spec.update(rank=32, targets="q_proj,v_proj")
+        setup = MemorySetup(device="cuda", batch=batch, seq=seq, attn="sdpa", **spec)
+        for name, lengths in histories.items():
+            sim = simulate(model, setup, lengths=list(lengths), **route)
+            rows.append({"method": method, "history": name, **{k: sim[k] for k in ("allocated", "reserved", "needs")}})
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="SmolLM2-135M only")
@@ -245,6 +281,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                         help="cuda: measure a few setups on the card beside their replay (instead of the grid)")
     parser.add_argument("--json", help="with --device cuda: write the results here (after every case)")
+    parser.add_argument("--history", action="store_true",
+                        help="only the run-history replay: Llama-3.2-3B LoRA and full FT at 4 × 680 after different "
+                             "first steps (about 4 min)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     if args.device == "cuda":
@@ -254,6 +293,13 @@ def main() -> int:
             print("allocator_slack.py: --device cuda: no CUDA device here", file=sys.stderr)
             return 2
         on_gpu(json_path=args.json)
+        return 0
+    if args.history:
+        print(f"{HISTORY_MODEL} at {HISTORY_SEQ} tokens × 4 (PEFT's route), one long step after different first "
+              "steps: the replay's peaks (GiB)")
+        for h in history_sensitivity():
+            print(f"  {h['method']:5s} {h['history']:32s} allocated {h['allocated'] / GiB:6.2f}  reserved "
+                  f"{h['reserved'] / GiB:6.2f}  needs {h['needs'] / GiB:6.2f}")
         return 0
     rows = grid(*QUICK, extra=()) if args.quick else grid()
     _print_summary(summary(rows))

@@ -320,6 +320,26 @@ def test_the_allocator_slack_sweep_tells_reserved_from_what_the_card_needs() -> 
     assert s["cases"] == 1 and s["upper_total_under_card"] == [] and s["needs_over"]["max"] == r["needs_over"]
 
 
+def test_the_history_sweep_keeps_the_allocated_peak_and_orders_the_figures() -> None:
+    """benchmarks/allocator_slack.py --history on a toy: one long step after a short or a long first step — the
+    allocated peak is the long step's either way, and each history's figures are ordered."""
+    from conftest import load_benchmark
+
+    from labkit.memory.toy import toy_config
+
+    bench = load_benchmark("allocator_slack")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = bench.history_sensitivity(toy_config("llama", vocab_size=4096), 64, 2,
+                                         {"two": (64, 64), "short first": (16, 64)})
+    assert [(r["method"], r["history"]) for r in rows] == [("lora", "two"), ("lora", "short first"),
+                                                           ("full", "two"), ("full", "short first")]
+    for method in ("lora", "full"):
+        two, short = (r for r in rows if r["method"] == method)
+        assert abs(two["allocated"] - short["allocated"]) <= 0.01 * two["allocated"]
+        assert all(r["allocated"] <= r["needs"] <= r["reserved"] for r in (two, short))
+
+
 def test_the_gpu_side_of_the_sweep_records_each_case_and_goes_on(tmp_path, monkeypatch) -> None:
     """benchmarks/allocator_slack.py --device cuda, with the card's measurement stood in (no GPU here): each
     case is compared with its replay and written at once; a case that fails is recorded and the next runs."""
