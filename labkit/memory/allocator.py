@@ -142,6 +142,10 @@ class CachingAllocator:
                         other.next.prev = block
         self._list(block)
 
+    def empty_cache(self) -> None:
+        """``torch.cuda.empty_cache()``: release every cached segment that is wholly free."""
+        self._release_cached()
+
     def _release_cached(self) -> None:
         """``cudaFree`` every segment whose one block is free (a split segment in use stays)."""
         for small in (True, False):
@@ -176,7 +180,7 @@ def replay(events: list[tuple[str, int, int]], allocator: CachingAllocator | Non
         if kind == "alloc":
             handles[key] = alloc.malloc(nbytes)
         elif kind == "empty_cache":
-            alloc._release_cached()
+            alloc.empty_cache()
         elif key in handles:
             alloc.free(handles.pop(key))
     return alloc

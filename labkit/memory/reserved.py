@@ -225,6 +225,9 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
     from labkit.memory.trace import (_causal_mask, _flash_sdpa, _flash_sdpa_masked, _overwrite_params_on_conversion,
                                      _quiet, _swap_4bit)
 
+    seqs = list(lengths) if lengths else [setup.seq] * steps
+    if any(int(n) != n or n < 1 for n in seqs):
+        raise ValueError(f"lengths: each step's sequence length must be a whole number ≥ 1; got {seqs}")
     arch = model if isinstance(model, ArchInfo) else arch_info(model)
     path = loss_path or installed_loss_path()
     events: list[tuple[str, int, int]] = []
@@ -262,9 +265,6 @@ def record_step(model: Any, setup: MemorySetup, steps: int = 2, loss_path: str |
                     net.enable_input_require_grads()
             net.train()
             rec.exclude(list(net.parameters()) + list(net.buffers()))
-            seqs = list(lengths) if lengths else [setup.seq] * steps
-            if any(int(n) != n or n < 1 for n in seqs):
-                raise ValueError(f"lengths: each step's sequence length must be a whole number ≥ 1; got {seqs}")
             amp = torch.autocast("cpu", dtype=DTYPES[setup.compute]) if setup.amp else contextlib.nullcontext()
             trainable = [prm for prm in net.parameters() if prm.requires_grad]
             kept = None
