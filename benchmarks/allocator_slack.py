@@ -81,11 +81,11 @@ def _max_length(arch: Any) -> int:
     return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 1 << 30)
 
 
-def _setup(method: str, seq: int, batch: int = 1) -> Any:
-    """The sweep's setup for one method (a CUDA step, SDPA attention)."""
+def _setup(method: str, seq: int, batch: int = 1, **overrides: Any) -> Any:
+    """The sweep's setup for one method (a CUDA step, SDPA attention), with ``overrides`` of its settings."""
     from labkit.memory.setup import MemorySetup
 
-    return MemorySetup(device="cuda", batch=batch, seq=seq, attn="sdpa", **METHODS[method])
+    return MemorySetup(device="cuda", batch=batch, seq=seq, attn="sdpa", **{**METHODS[method], **overrides})
 
 
 def case(model: Any, method: str, seq: int, batch: int = 1) -> dict[str, Any]:
@@ -260,14 +260,10 @@ def history_sensitivity(model: Any = HISTORY_MODEL, seq: int = HISTORY_SEQ, batc
     step lays out its activations, the first gradients and AdamW's states among each other. Two identical
     steps (the sweep above) model a packed or fixed-length run; a bucketed run's first step is shorter."""
     from labkit.memory.reserved import simulate
-    from labkit.memory.setup import MemorySetup
 
     rows = []
-    for method in methods:
-        spec = {**METHODS[method], "checkpointing": False}
-        if method == "lora":
-            spec.update(rank=32, targets="q_proj,v_proj")
-        setup = MemorySetup(device="cuda", batch=batch, seq=seq, attn="sdpa", **spec)
+    for method in methods:  # PEFT's LoRA: r32 on q_proj, v_proj
+        setup = _setup(method, seq, batch, **(dict(rank=32, targets="q_proj,v_proj") if method == "lora" else {}))
         for name, lengths in histories.items():
             sim = simulate(model, setup, lengths=list(lengths), **route)
             rows.append({"method": method, "history": name, **{k: sim[k] for k in ("allocated", "reserved", "needs")}})

@@ -240,15 +240,24 @@ def difference_length(a: Row, b: Row) -> int:
     return _first_length(lambda seq: gap(seq) >= a.measured - b.measured)
 
 
-def replay(row: Row) -> dict[str, Any]:
-    """The allocator replay of ``row``, as the row's kind of figure (GiB) and its error."""
-    from labkit.memory.estimate import CUDA_CONTEXT
+def simulate_row(row: Row, lengths: list[int] | None = None, empty_cache_after: tuple[int, ...] | list[int] = ()
+                 ) -> dict[str, int]:
+    """:func:`labkit.memory.reserved.simulate` of ``row`` under what it states its source's run does: two steps
+    of its setup, or one step per entry of ``lengths`` with the cache emptied after ``empty_cache_after``."""
     from labkit.memory.reserved import simulate
     from labkit.memory.setup import MemorySetup
 
-    sim = simulate(row.model, MemorySetup(device="cuda", **row.setup), loss_path=row.loss_path,
-                   keeps_logits=bool(row.keeps_logits), kv_repeat=row.kv_repeat,
-                   attn_mask=bool(row.attn_mask), use_cache=bool(row.use_cache))
+    setup = MemorySetup(device="cuda", **({**row.setup, "seq": max(lengths)} if lengths else row.setup))
+    return simulate(row.model, setup, loss_path=row.loss_path, keeps_logits=bool(row.keeps_logits),
+                    kv_repeat=row.kv_repeat, attn_mask=bool(row.attn_mask), use_cache=bool(row.use_cache),
+                    lengths=lengths, empty_cache_after=empty_cache_after)
+
+
+def replay(row: Row) -> dict[str, Any]:
+    """The allocator replay of ``row``, as the row's kind of figure (GiB) and its error."""
+    from labkit.memory.estimate import CUDA_CONTEXT
+
+    sim = simulate_row(row)
     value = {"reserved": sim["reserved"], "active": sim["allocated"],
              "limit": sim["needs"] + CUDA_CONTEXT}[row.kind] / GiB
     return {"replay": value, "replay_error": (value - row.measured) / row.measured * 100,
@@ -276,17 +285,14 @@ def after_step(row: Row) -> dict[str, float]:
     optimizer states (and the cuBLAS workspaces) is the held output, so it gives the mean padded batch length
     with the KV cache held and with the logits alone — to compare with the data's mean length (bucketed
     batches pad a few per cent over it)."""
-    from labkit.memory.arch import arch_info
-    from labkit.memory.estimate import estimate, training_cache_bytes
+    from labkit.memory.estimate import estimate
     from labkit.memory.setup import MemorySetup
 
     measured = PEFT_AFTER_STEP[row.key.split("/", 1)[1]]
-    one = MemorySetup(device="cuda", **{**row.setup, "seq": 1})  # per padded position of the batch
+    one = MemorySetup(device="cuda", **{**row.setup, "seq": 1})
     est = estimate(row.model, one, keeps_logits=True, use_cache=True, attn_mask=True)
     static = est.bytes["weights"] + est.bytes["gradients"] + est.bytes["optimizer"]
-    arch = arch_info(row.model)
-    logits = one.batch * arch.vocab * 2  # the bf16 logits outputs holds, per position
-    cache = training_cache_bytes(arch, one)
+    logits, cache = (one.batch * n for n in held_per_position(row))  # per padded position of the whole batch
     held = measured - static - CUBLAS_WORKSPACES
     return {"held_mib": held / 2**20, "length_with_cache": held / (logits + cache), "length_logits_only": held / logits,
             "data_mean": PEFT_TOKENS / PEFT_SAMPLES - 1}
@@ -331,17 +337,22 @@ def window_slope(row: Row) -> dict[str, float]:
     / steps, c the held bytes per padded position of a batch row and p the padding, so the slope gives 1 + p
     once labkit says what c is: bf16 logits + the KV cache the forward builds, or the logits alone. A reading
     of ``use_cache`` that does not lean on labkit's static part (:func:`after_step` does)."""
+    slope = _slope(PEFT_WINDOW_TOKENS, PEFT_WINDOW_ALLOCATED[row.key.split("/", 1)[1]])  # bytes per token
+    logits, cache = held_per_position(row)
+    per_position = slope * PEFT_WINDOW_STEPS  # c·(1 + p)
+    return {"bytes_per_token": slope, "padding_with_cache": per_position / (logits + cache) - 1,
+            "padding_logits_only": per_position / logits - 1}
+
+
+def held_per_position(row: Row) -> tuple[int, int]:
+    """Bytes a held model output keeps per padded position of one batch row: its bf16 logits, and the KV cache
+    the forward builds (``training_cache_bytes`` at one token of one row)."""
     from labkit.memory.arch import arch_info
     from labkit.memory.estimate import training_cache_bytes
     from labkit.memory.setup import MemorySetup
 
-    slope = _slope(PEFT_WINDOW_TOKENS, PEFT_WINDOW_ALLOCATED[row.key.split("/", 1)[1]])  # bytes per token
     arch = arch_info(row.model)
-    one_row = MemorySetup(device="cuda", **{**row.setup, "batch": 1, "seq": 1})  # one padded position, one row
-    logits = arch.vocab * 2
-    per_position = slope * PEFT_WINDOW_STEPS  # c·(1 + p)
-    return {"bytes_per_token": slope, "padding_with_cache": per_position / (logits + training_cache_bytes(arch, one_row)) - 1,
-            "padding_logits_only": per_position / logits - 1}
+    return arch.vocab * 2, training_cache_bytes(arch, MemorySetup(device="cuda", **{**row.setup, "batch": 1, "seq": 1}))
 
 
 def at_peft_length(seq: int) -> list[Row]:

@@ -43,6 +43,7 @@ import statistics
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +86,7 @@ def samples_needed(steps: int = STEPS, batch: int = BATCH, bucket_factor: int = 
 
 def training_steps(lengths: Sequence[int], steps: int = STEPS) -> list[list[int]]:
     """The first ``steps`` batches' sample lengths, as PEFT's training loop zips them with its step counter."""
-    out = []
-    for b in batches(lengths):
-        if len(out) == steps:
-            break
-        out.append(b)
-    return out
+    return list(islice(batches(lengths), steps))
 
 
 def window_tokens(steps: list[list[int]], window: int = mp.PEFT_WINDOW_STEPS) -> list[int]:
@@ -140,17 +136,6 @@ def load_lengths(dataset: str = DATASET, tokenizer: str = TOKENIZER, needed: int
     return [min(len(ids), MAX_TOKENS) for ids in tok(texts)["input_ids"]]
 
 
-def held_per_position(row: mp.Row) -> int:
-    """Bytes the held model output keeps per padded position of one batch row: the bf16 logits and the KV cache
-    the forward builds (what :func:`memory_published.window_slope` reads PEFT's windows with)."""
-    from labkit.memory.arch import arch_info
-    from labkit.memory.estimate import training_cache_bytes
-    from labkit.memory.setup import MemorySetup
-
-    arch = arch_info(row.model)
-    return arch.vocab * 2 + training_cache_bytes(arch, MemorySetup(device="cuda", **{**row.setup, "batch": 1, "seq": 1}))
-
-
 EMPTY_CACHE_EVERY = 10  # run.py: ACCELERATOR_EMPTY_CACHE_SCHEDULE, torch.cuda.empty_cache() after every 10th step
 
 
@@ -172,14 +157,8 @@ def replay_steps(padded: Sequence[int], cycle: int = EMPTY_CACHE_EVERY) -> tuple
 def replay_row(row: mp.Row, padded: Sequence[int]) -> dict[str, float]:
     """The allocator replay of ``row`` over :func:`replay_steps` — the real model on fake tensors, every
     allocation through PyTorch's caching-allocator rules — against PEFT's ``max_memory_reserved``."""
-    from labkit.memory.reserved import simulate
-    from labkit.memory.setup import MemorySetup
-
     lengths, empty = replay_steps(padded)
-    sim = simulate(row.model, MemorySetup(device="cuda", **{**row.setup, "seq": max(lengths)}),
-                   loss_path=row.loss_path, keeps_logits=bool(row.keeps_logits), kv_repeat=row.kv_repeat,
-                   attn_mask=bool(row.attn_mask), use_cache=bool(row.use_cache), lengths=lengths,
-                   empty_cache_after=empty)
+    sim = mp.simulate_row(row, lengths, empty)
     reserved = sim["reserved"] / mp.GiB
     return {"replay_reserved": reserved, "replay_allocated": sim["allocated"] / mp.GiB,
             "replay_error": (reserved - row.measured) / row.measured * 100, "replay_steps": len(lengths)}
@@ -189,8 +168,6 @@ def report(lengths: Sequence[int], replay: bool = False) -> dict[str, Any]:
     """Everything the script prints, as data: the rebuilt steps' check against PEFT's windows, the longest
     padded batch, and each PEFT row at that length (and window by window, after the step; with ``replay``,
     the allocator replay of the steps around the peak too)."""
-    from labkit.memory.arch import arch_info
-
     steps = training_steps(lengths)
     padded = [max(b) for b in steps]
     windows = window_tokens(steps)
@@ -200,10 +177,11 @@ def report(lengths: Sequence[int], replay: bool = False) -> dict[str, Any]:
         _, r = mp._estimate(row, peak)
         est = mp._figure(row, r)
         logged = mp.PEFT_WINDOW_ALLOCATED[row.key.split("/", 1)[1]]
+        logits, cache = mp.held_per_position(row)
         rows.append({"key": row.key, "measured": row.measured, "estimate": est,
                      "error": (est - row.measured) / row.measured * 100, "predicted_length": mp.matching_length(row),
-                     "static_spread_mib": static_spread(logged, steps, held_per_position(row)),
-                     "spread_without_cache_mib": static_spread(logged, steps, arch_info(row.model).vocab * 2),
+                     "static_spread_mib": static_spread(logged, steps, logits + cache),
+                     "spread_without_cache_mib": static_spread(logged, steps, logits),
                      **(replay_row(row, padded) if replay else {})})
     unpadded = sum(sum(b) for b in steps)
     return {"steps": len(steps), "windows_match": windows == list(mp.PEFT_WINDOW_TOKENS), "windows": windows,
